@@ -1,0 +1,47 @@
+# The two ways in: `make demo` and `make test`. Both create .venv and install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
+
+DEMO_DIR ?= $(CURDIR)/out
+DEMO_MODEL ?= $(DEMO_DIR)/model
+DEMO_SIZE ?= 2GiB
+
+.PHONY: demo test lint typecheck contracts pytest tools bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+tools:
+	./scripts/install-tools.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+contracts: $(STAMP)
+	$(BIN)/lint-imports
+
+pytest: $(STAMP) tools
+	$(BIN)/pytest
+
+test: lint typecheck contracts pytest
+
+demo: $(STAMP)
+	./scripts/demo.sh "$(DEMO_MODEL)" "$(DEMO_SIZE)"
+
+bench: $(STAMP) tools
+	$(PY) bench/prewarm_bench.py
+
+clean:
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache out

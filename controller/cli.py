@@ -1,0 +1,90 @@
+"""The pagewarm command line: one subcommand per module under controller.commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+import pydantic
+import structlog
+
+from controller.commands.common import Formatter, UsageError
+from controller.settings import ControllerSettings
+from exporter import __version__
+from exporter.logconfig import configure_logging
+from exporter.weightset import ModelPathError
+
+# Each module has register(subparsers); its parser sets func=run(args, settings) and may
+# set settings_class to a subclass of ControllerSettings.
+COMMAND_MODULES = (
+    "controller.commands.status",
+    "controller.commands.prewarm",
+    "controller.commands.evict",
+    "controller.commands.synth",
+)
+
+DESCRIPTION = """\
+pagewarm measures and controls LLM cold starts: how much of a model's weights is in
+the page cache, pre-warming it at the storage's speed, and eviction.
+
+Every command takes MODEL_PATH as its first argument, or reads the MODEL_PATH
+environment variable (as vLLM deployments set it). Settings come from PAGEWARM_*
+environment variables; flags win over them.
+
+examples:
+  pagewarm synth /tmp/model --size 2GiB        # a synthetic safetensors model
+  pagewarm status /tmp/model                   # what is in the page cache
+  pagewarm evict /tmp/model                    # drop exactly these pages
+  pagewarm prewarm /tmp/model                  # read it back, as fast as the disk allows
+  pagewarm <command> --help                    # each command's own examples
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pagewarm", description=DESCRIPTION, formatter_class=Formatter
+    )
+    parser.add_argument("--version", action="version", version=f"pagewarm {__version__}")
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default=None,
+        help="log rendering (default: $PAGEWARM_LOG_FORMAT or auto: console on a terminal)",
+    )
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log = structlog.get_logger("pagewarm")
+    try:
+        settings_class: type[ControllerSettings] = getattr(
+            args, "settings_class", ControllerSettings
+        )
+        settings = settings_class()
+    except pydantic.ValidationError as exc:
+        print(f"pagewarm: invalid setting in the environment:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_format or settings.log_format, args.log_level or settings.log_level)
+    try:
+        return int(args.func(args, settings))
+    except (UsageError, ModelPathError) as exc:
+        log.error(str(exc))  # noqa: TRY400 - a user's mistake needs no traceback
+        return 2
+    except BrokenPipeError:
+        # stdout closed early (`pagewarm status --json | head`): not an error of ours.
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

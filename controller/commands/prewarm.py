@@ -1,0 +1,169 @@
+"""pagewarm prewarm: fill the page cache with a model's weight set."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TypeVar
+
+import structlog
+
+from controller.commands import common
+from controller.memguard import MemoryGuard
+from controller.prewarm import PrewarmOptions, PrewarmResult, Strategy, prewarm
+from controller.settings import ControllerSettings
+from controller.units import format_bytes, format_rate, format_ratio
+
+log = structlog.get_logger("pagewarm")
+
+DESCRIPTION = """\
+Read a model's weight files into the page cache, in the order a loader reads them,
+as fast as the storage allows, and only what is not resident already.
+
+Strategies: populate (mmap + MADV_POPULATE_READ, Linux 5.14+: no copy to user space),
+read (parallel preadv), auto (populate when the kernel has it).
+
+The memory guard keeps the warm within MemAvailable and the memory cgroup's limit
+(page cache is charged to the cgroup that reads it) minus a reserve. A model larger
+than that budget is warmed up to it, in load order, and the result says 'partial'.
+
+exit status: 0 warmed (or partial because of the memory budget), 1 some files failed
+(truncated, replaced or unreadable mid-warm; the rest were warmed), 2 bad input.
+
+examples:
+  pagewarm prewarm /models/llama-3-8b
+  pagewarm prewarm /models/llama-3-8b --strategy read --threads 16
+  pagewarm prewarm /models/llama-3-8b --rate-limit 200MiB --json
+  MODEL_PATH=/models/llama-3-8b pagewarm prewarm --reserve 2GiB
+"""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "prewarm",
+        help="read a model into the page cache",
+        description=DESCRIPTION,
+        formatter_class=common.Formatter,
+    )
+    common.add_model_path(parser)
+    add_prewarm_options(parser)
+    common.add_json(parser)
+    parser.set_defaults(func=run)
+
+
+def add_prewarm_options(parser: argparse.ArgumentParser) -> None:
+    """The engine's knobs (also used by init, sidecar and bench); defaults from settings."""
+    group = parser.add_argument_group("pre-warm")
+    group.add_argument(
+        "--strategy",
+        type=Strategy,
+        choices=list(Strategy),
+        default=None,
+        help="how to read (default: $PAGEWARM_PREWARM_STRATEGY or auto)",
+    )
+    group.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="parallel readers (default: $PAGEWARM_PREWARM_THREADS or 8)",
+    )
+    group.add_argument(
+        "--chunk",
+        type=common.size_arg,
+        default=None,
+        help="work unit handed to a thread (default 64MiB)",
+    )
+    group.add_argument(
+        "--reserve",
+        type=common.size_arg,
+        default=None,
+        help="memory always left free (default: $PAGEWARM_PREWARM_RESERVE_BYTES or 256MiB)",
+    )
+    group.add_argument(
+        "--no-memory-guard",
+        action="store_true",
+        help="warm everything even past the memory budget (the kernel then evicts)",
+    )
+    group.add_argument(
+        "--rate-limit",
+        type=common.size_arg,
+        default=None,
+        metavar="BYTES_PER_S",
+        help="read at most this many bytes per second, e.g. 200MiB",
+    )
+    group.add_argument(
+        "--all", action="store_true", help="touch every range, also those already resident"
+    )
+
+
+T = TypeVar("T")
+
+
+def _flag_or(flag: T | None, setting: T) -> T:
+    return setting if flag is None else flag
+
+
+def options_from(
+    args: argparse.Namespace, settings: ControllerSettings
+) -> tuple[PrewarmOptions, MemoryGuard]:
+    """Flags win over settings (environment), settings over built-in defaults."""
+    options = PrewarmOptions(
+        strategy=_flag_or(args.strategy, settings.prewarm_strategy),
+        threads=_flag_or(args.threads, settings.prewarm_threads),
+        chunk_bytes=_flag_or(args.chunk, settings.prewarm_chunk_bytes),
+        only_missing=not args.all,
+        rate_limit_bytes_per_second=_flag_or(args.rate_limit, settings.prewarm_rate_limit_bytes),
+    )
+    if options.threads < 1:
+        raise common.UsageError("--threads must be at least 1")
+    guard = MemoryGuard(
+        _flag_or(args.reserve, settings.prewarm_reserve_bytes),
+        enabled=settings.prewarm_memory_guard and not args.no_memory_guard,
+    )
+    return options, guard
+
+
+def run(args: argparse.Namespace, settings: ControllerSettings) -> int:
+    weight_set = common.weight_set(args, settings)
+    options, guard = options_from(args, settings)
+    with common.progress("prewarm", weight_set.total_bytes) as update:
+        result = prewarm(
+            weight_set,
+            options,
+            probe=common.probe(settings),
+            guard=guard,
+            on_progress=lambda p: update(p.done_bytes),
+        )
+    report(result, as_json=args.json)
+    return 1 if result.file_errors else 0
+
+
+def report(result: PrewarmResult, *, as_json: bool) -> None:
+    for error in result.file_errors:
+        log.error("file not warmed", path=error.path, error=error.error)
+    if result.partial:
+        log.warning(
+            "pre-warm partial",
+            reason=result.partial_reason,
+            resident_after_bytes=result.after.cached_bytes,
+            size_bytes=result.size_bytes,
+        )
+    if as_json:
+        common.print_json(result.to_dict())
+        return
+    trust = (
+        "trusted"
+        if result.after.trusted
+        else "UNTRUSTED: " + "; ".join(result.after.unknown_reasons)
+    )
+    budget = "off" if result.budget_bytes is None else format_bytes(result.budget_bytes)
+    lines = [
+        f"read {format_bytes(result.read_bytes)} in {result.seconds:.2f} s "
+        f"({format_rate(result.throughput_bytes_per_second)}), "
+        f"{format_bytes(result.skipped_resident_bytes)} already resident",
+        f"resident after: {format_bytes(result.after.cached_bytes)} of "
+        f"{format_bytes(result.size_bytes)} ({format_ratio(result.after.ratio)}, {trust})",
+        f"strategy {result.strategy}, {result.threads} threads, memory budget {budget}",
+    ]
+    if result.partial:
+        lines.append(f"PARTIAL: {result.partial_reason}")
+    print("\n".join(lines))

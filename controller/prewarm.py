@@ -1,0 +1,374 @@
+"""Pre-warm: put a weight set into the page cache as fast as the storage allows.
+
+Files are taken in the order a loader reads them and cut into chunks; worker threads take
+chunks in that order, so when the memory budget stops the warm, what is resident is the
+beginning of the load. Only what is missing is read: each step asks the page cache first.
+
+Strategies:
+- ``populate``: mmap + madvise(MADV_POPULATE_READ) (Linux 5.14+). The kernel reads with its
+  readahead machinery and copies nothing to user space.
+- ``read``: preadv into one reused buffer per thread; works everywhere.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from controller.linux.pagecache import populate_read, populate_supported
+from controller.memguard import MemoryGuard
+from controller.ratelimit import RateLimiter
+from exporter.residency import ModelResidency, ResidencyProbe
+from exporter.weightset import WeightFile, WeightSet
+
+MiB = 1 << 20
+DEFAULT_THREADS = 8
+DEFAULT_CHUNK_BYTES = 64 * MiB
+# One syscall moves at most this much: fine-grained enough for rate limiting, cancelling
+# and progress, coarse enough that syscall overhead does not show.
+STEP_BYTES = 16 * MiB
+RATE_LIMITED_STEP_BYTES = 2 * MiB
+
+
+class Strategy(StrEnum):
+    AUTO = "auto"
+    POPULATE = "populate"
+    READ = "read"
+
+
+def resolve_strategy(strategy: Strategy) -> Strategy:
+    if strategy is Strategy.AUTO:
+        return Strategy.POPULATE if populate_supported() else Strategy.READ
+    return strategy
+
+
+@dataclass(frozen=True, slots=True)
+class PrewarmOptions:
+    strategy: Strategy = Strategy.AUTO
+    threads: int = DEFAULT_THREADS
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    only_missing: bool = True
+    rate_limit_bytes_per_second: float | None = None
+
+
+@dataclass(slots=True)
+class PrewarmProgress:
+    """Shared, live state of a running warm (read by progress bars and the sidecar)."""
+
+    planned_bytes: int  # the whole set; what is already resident is skipped on the way
+    done_bytes: int = 0  # read plus found resident
+    read_bytes: int = 0
+    files_total: int = 0
+    files_done: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed_seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.planned_bytes == 0 else min(1.0, self.done_bytes / self.planned_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class FileError:
+    path: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class PrewarmResult:
+    model_path: str
+    strategy: Strategy
+    threads: int
+    size_bytes: int
+    resident_before_bytes: int | None  # None: residency could not be measured truthfully
+    read_bytes: int  # what this run brought in (or re-touched when residency was unknown)
+    skipped_resident_bytes: int
+    seconds: float
+    budget_bytes: int | None  # None: the memory guard was off
+    partial_reason: str | None  # set when the budget or a cancel stopped the warm early
+    file_errors: tuple[FileError, ...]
+    after: ModelResidency
+
+    @property
+    def partial(self) -> bool:
+        return self.partial_reason is not None
+
+    @property
+    def throughput_bytes_per_second(self) -> float:
+        return self.read_bytes / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_path": self.model_path,
+            "strategy": str(self.strategy),
+            "threads": self.threads,
+            "size_bytes": self.size_bytes,
+            "resident_before_bytes": self.resident_before_bytes,
+            "read_bytes": self.read_bytes,
+            "skipped_resident_bytes": self.skipped_resident_bytes,
+            "seconds": round(self.seconds, 6),
+            "throughput_bytes_per_second": round(self.throughput_bytes_per_second),
+            "budget_bytes": self.budget_bytes,
+            "partial": self.partial,
+            "partial_reason": self.partial_reason,
+            "file_errors": [{"path": e.path, "error": e.error} for e in self.file_errors],
+            "resident_after_bytes": self.after.cached_bytes,
+            "resident_after_ratio": self.after.ratio,
+            "residency_trusted": self.after.trusted,
+            "residency_unknown_reasons": list(self.after.unknown_reasons),
+        }
+
+
+class _OpenFile:
+    """A file being warmed: closed when every chunk has been handed out and finished."""
+
+    def __init__(self, wf: WeightFile, fd: int) -> None:
+        self.wf = wf
+        self.fd = fd
+        self.size = os.fstat(fd).st_size
+        self.next_offset = 0
+        self.in_flight = 0
+        self.failed: str | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        return self.failed is not None or self.next_offset >= self.size
+
+
+@dataclass(slots=True)
+class _Chunk:
+    file: _OpenFile
+    offset: int
+    length: int
+
+
+class _Run:
+    """One pre-warm: chunks handed out in load order, the workers, the bookkeeping."""
+
+    def __init__(
+        self,
+        weight_set: WeightSet,
+        *,
+        options: PrewarmOptions,
+        probe: ResidencyProbe,
+        guard: MemoryGuard,
+        progress: PrewarmProgress,
+        on_progress: Callable[[PrewarmProgress], None] | None,
+        cancel: threading.Event,
+    ) -> None:
+        self.options = options
+        self.strategy = resolve_strategy(options.strategy)
+        self.probe = probe
+        self.guard = guard
+        self.progress = progress
+        self.on_progress = on_progress
+        self.cancel = cancel
+        self.limiter = RateLimiter(options.rate_limit_bytes_per_second)
+        self.step = RATE_LIMITED_STEP_BYTES if options.rate_limit_bytes_per_second else STEP_BYTES
+        self.lock = threading.Lock()
+        self.errors: list[FileError] = []
+        self.stop_reason: str | None = None
+        self.skipped_bytes = 0
+        self._pending_files = list(reversed(weight_set.files))
+        self._current: _OpenFile | None = None
+
+    # Everything named *_locked runs with self.lock held.
+    def _error_locked(self, path: Path, error: str) -> None:
+        self.errors.append(FileError(str(path), error))
+
+    def _open_next_locked(self) -> _OpenFile | None:
+        while self._pending_files:
+            wf = self._pending_files.pop()
+            try:
+                fd = os.open(wf.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                self._error_locked(wf.path, f"cannot open: {exc.strerror or exc}")
+                self.progress.files_done += 1
+                continue
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                self._error_locked(wf.path, "no longer a regular file")
+                self.progress.files_done += 1
+                continue
+            return _OpenFile(wf, fd)
+        return None
+
+    def _finish_locked(self, opened: _OpenFile) -> None:
+        os.close(opened.fd)
+        self.progress.files_done += 1
+        if opened.failed:
+            self._error_locked(opened.wf.path, opened.failed)
+            return
+        try:
+            st = opened.wf.path.stat()
+        except OSError:
+            self._error_locked(opened.wf.path, "deleted during the warm")
+            return
+        if (st.st_dev, st.st_ino) != (opened.wf.device, opened.wf.inode):
+            self._error_locked(opened.wf.path, "replaced during the warm: a new file has its name")
+
+    def next_chunk(self) -> _Chunk | None:
+        with self.lock:
+            while not (self.stop_reason or self.cancel.is_set()):
+                current = self._current
+                if current is None or current.exhausted:
+                    if current is not None and current.in_flight == 0:
+                        self._finish_locked(current)
+                    current = self._current = self._open_next_locked()
+                    if current is None:
+                        return None
+                    continue
+                offset = current.next_offset
+                length = min(self.options.chunk_bytes, current.size - offset)
+                current.next_offset += length
+                current.in_flight += 1
+                return _Chunk(current, offset, length)
+            return None
+
+    def release(self, chunk: _Chunk) -> None:
+        with self.lock:
+            chunk.file.in_flight -= 1
+            if (
+                chunk.file.in_flight == 0
+                and chunk.file.exhausted
+                and chunk.file is not self._current
+            ):
+                self._finish_locked(chunk.file)
+
+    def close_remaining(self) -> None:
+        """After the workers stopped (done, cancelled or out of budget)."""
+        with self.lock:
+            if self._current is not None:
+                self._finish_locked(self._current)
+                self._current = None
+
+    def worker(self) -> None:
+        buffer = bytearray(self.step) if self.strategy is Strategy.READ else None
+        while (chunk := self.next_chunk()) is not None:
+            try:
+                self._warm_chunk(chunk, buffer)
+            finally:
+                self.release(chunk)
+
+    def _missing(self, chunk: _Chunk, offset: int, length: int) -> int:
+        if not self.options.only_missing:
+            return length
+        cached = self.probe.cached_bytes(chunk.file.fd, offset, length)
+        return length if cached is None else length - cached
+
+    def _warm_chunk(self, chunk: _Chunk, buffer: bytearray | None) -> None:
+        end = chunk.offset + chunk.length
+        for offset in range(chunk.offset, end, self.step):
+            if chunk.file.failed or self.cancel.is_set() or self.stop_reason:
+                return
+            length = min(self.step, end - offset)
+            missing = self._missing(chunk, offset, length)
+            if missing == 0:
+                self._advance(length, read=0)
+                continue
+            if not self.guard.grant(missing):
+                with self.lock:
+                    self.stop_reason = self.guard.refused_reason
+                return
+            self.limiter.acquire(length, self.cancel)
+            try:
+                self._touch(chunk.file.fd, offset, length, buffer)
+            except OSError as exc:
+                self._file_broke(chunk.file, exc)
+                return
+            self._advance(length, read=length)
+
+    def _touch(self, fd: int, offset: int, length: int, buffer: bytearray | None) -> None:
+        if buffer is None:
+            populate_read(fd, offset, length)
+            return
+        view = memoryview(buffer)[:length]
+        while view:
+            n = os.preadv(fd, [view], offset)
+            if n == 0:
+                raise OSError(errno.EFAULT, "file shrank while being read")
+            view = view[n:]
+            offset += n
+
+    def _file_broke(self, opened: _OpenFile, exc: OSError) -> None:
+        if exc.errno in (errno.EFAULT, errno.ENOMEM, errno.EINVAL):
+            reason = "truncated during the warm"
+        else:
+            reason = f"read failed: {exc.strerror or exc}"
+        with self.lock:
+            if opened.failed is None:
+                opened.failed = reason
+
+    def _advance(self, done: int, read: int) -> None:
+        with self.lock:
+            self.progress.done_bytes += done
+            self.progress.read_bytes += read
+            if read == 0:
+                self.skipped_bytes += done
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
+
+
+def prewarm(
+    weight_set: WeightSet,
+    options: PrewarmOptions | None = None,
+    *,
+    probe: ResidencyProbe | None = None,
+    guard: MemoryGuard | None = None,
+    on_progress: Callable[[PrewarmProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    progress: PrewarmProgress | None = None,
+) -> PrewarmResult:
+    """Warm ``weight_set`` (blocking: run it in a thread from async code)."""
+    options = options or PrewarmOptions()
+    probe = probe or ResidencyProbe()
+    guard = guard or MemoryGuard()
+    cancel = cancel or threading.Event()
+    before = probe.measure(weight_set)
+    progress = progress or PrewarmProgress(planned_bytes=weight_set.total_bytes)
+    progress.planned_bytes = weight_set.total_bytes
+    progress.files_total = len(weight_set.files)
+    run = _Run(
+        weight_set,
+        options=options,
+        probe=probe,
+        guard=guard,
+        progress=progress,
+        on_progress=on_progress,
+        cancel=cancel,
+    )
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max(1, options.threads), thread_name_prefix="prewarm") as pool:
+        try:
+            for future in [pool.submit(run.worker) for _ in range(max(1, options.threads))]:
+                future.result()
+        finally:
+            run.close_remaining()
+    seconds = time.perf_counter() - started
+    partial = run.stop_reason or ("cancelled" if cancel.is_set() else None)
+    return PrewarmResult(
+        model_path=str(weight_set.root),
+        strategy=run.strategy,
+        threads=options.threads,
+        size_bytes=weight_set.total_bytes,
+        resident_before_bytes=before.cached_bytes,
+        read_bytes=progress.read_bytes,
+        skipped_resident_bytes=run.skipped_bytes,
+        seconds=seconds,
+        budget_bytes=guard.budget_bytes,
+        partial_reason=partial,
+        file_errors=tuple(run.errors),
+        after=probe.measure(weight_set),
+    )

@@ -1,0 +1,225 @@
+"""A synthetic, valid, Llama-shaped safetensors model of a chosen size, for demos, tests and
+benchmarks: bf16 shards, ``model.safetensors.index.json``, ``config.json``.
+
+The data is random (never zeros: zeros compress, deduplicate and can load faster than
+real weights). Random bytes are costly on a CPU (os.urandom: ~0.5 GiB/s a core), so each
+block is a random pool XORed with a fresh 64-bit key: unique per block, incompressible,
+generated at memory speed by numpy on several threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BLOCK_BYTES = 32 << 20
+BF16_BYTES = 2
+# Safetensors data starts after an 8-byte header length and the JSON header; padding the
+# header to this keeps tensor data aligned for zero-copy loaders.
+HEADER_ALIGN = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = BF16_BYTES
+        for dim in self.shape:
+            n *= dim
+        return n
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaShape:
+    hidden: int
+    intermediate: int
+    vocab: int
+    layers: int
+    heads: int
+    kv_heads: int
+
+    def tensors(self) -> list[Tensor]:
+        h, i, head_dim = self.hidden, self.intermediate, self.hidden // self.heads
+        kv = self.kv_heads * head_dim
+        out = [Tensor("model.embed_tokens.weight", (self.vocab, h))]
+        for n in range(self.layers):
+            p = f"model.layers.{n}."
+            out += [
+                Tensor(p + "input_layernorm.weight", (h,)),
+                Tensor(p + "self_attn.q_proj.weight", (h, h)),
+                Tensor(p + "self_attn.k_proj.weight", (kv, h)),
+                Tensor(p + "self_attn.v_proj.weight", (kv, h)),
+                Tensor(p + "self_attn.o_proj.weight", (h, h)),
+                Tensor(p + "post_attention_layernorm.weight", (h,)),
+                Tensor(p + "mlp.gate_proj.weight", (i, h)),
+                Tensor(p + "mlp.up_proj.weight", (i, h)),
+                Tensor(p + "mlp.down_proj.weight", (h, i)),
+            ]
+        out += [Tensor("model.norm.weight", (h,)), Tensor("lm_head.weight", (self.vocab, h))]
+        return out
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "vocab_size": self.vocab,
+            "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-5,
+            "torch_dtype": "bfloat16",
+            "tie_word_embeddings": False,
+            "_pagewarm_synthetic": True,
+        }
+
+
+# (hidden, intermediate, heads, kv_heads): Llama-family widths from small to 70B.
+_WIDTHS = (
+    (512, 1408, 8, 8),
+    (1024, 2816, 16, 8),
+    (2048, 5632, 16, 8),
+    (4096, 14336, 32, 8),
+    (8192, 28672, 64, 8),
+)
+
+
+def llama_shape(target_bytes: int, vocab: int = 32000) -> LlamaShape:
+    """The widest Llama shape that still gets at least 4 layers into ``target_bytes``."""
+    for hidden, inter, heads, kv_heads in reversed(_WIDTHS):
+        shape = LlamaShape(hidden, inter, vocab, 1, heads, kv_heads)
+        per_layer = sum(t.nbytes for t in shape.tensors()[1:10])
+        fixed = 2 * vocab * hidden * BF16_BYTES
+        layers = (target_bytes - fixed) // per_layer
+        if layers >= 4 or hidden == _WIDTHS[0][0]:
+            return LlamaShape(hidden, inter, vocab, max(1, layers), heads, kv_heads)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def split_shards(tensors: list[Tensor], shards: int) -> list[list[Tensor]]:
+    """Consecutive groups of about equal bytes; never an empty shard."""
+    shards = max(1, min(shards, len(tensors)))
+    total = sum(t.nbytes for t in tensors)
+    groups: list[list[Tensor]] = [[]]
+    acc = 0
+    for index, tensor in enumerate(tensors):
+        left_tensors = len(tensors) - index
+        left_groups = shards - len(groups)
+        boundary = acc >= total * len(groups) / shards
+        if groups[-1] and left_groups > 0 and (boundary or left_tensors <= left_groups):
+            groups.append([])
+        groups[-1].append(tensor)
+        acc += tensor.nbytes
+    return groups
+
+
+def safetensors_header(tensors: list[Tensor]) -> bytes:
+    entries: dict[str, Any] = {"__metadata__": {"format": "pt", "generator": "pagewarm synth"}}
+    offset = 0
+    for t in tensors:
+        entries[t.name] = {
+            "dtype": "BF16",
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + t.nbytes],
+        }
+        offset += t.nbytes
+    raw = json.dumps(entries, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % HEADER_ALIGN)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+class _RandomBlocks:
+    def __init__(self) -> None:
+        import numpy as np  # noqa: PLC0415 - numpy is the 'bench' extra, only synth needs it
+
+        self.np = np
+        self.pool = np.frombuffer(os.urandom(BLOCK_BYTES), dtype=np.uint64)
+        self.local = threading.local()
+
+    def fill(self, nbytes: int) -> memoryview:
+        out = getattr(self.local, "out", None)
+        if out is None:
+            out = self.local.out = self.np.empty_like(self.pool)
+        key = self.np.uint64(int.from_bytes(os.urandom(8), "little"))
+        words = -(-nbytes // 8)
+        self.np.bitwise_xor(self.pool[:words], key, out=out[:words])
+        data: memoryview = out.view(self.np.uint8).data
+        return data[:nbytes]
+
+
+@dataclass(frozen=True, slots=True)
+class SynthResult:
+    path: Path
+    files: tuple[Path, ...]
+    total_bytes: int
+    seconds: float
+    shape: LlamaShape
+
+    @property
+    def throughput_bytes_per_second(self) -> float:
+        return self.total_bytes / self.seconds if self.seconds else 0.0
+
+
+def synth(
+    path: Path,
+    size_bytes: int,
+    shards: int = 4,
+    *,
+    threads: int = 4,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> SynthResult:
+    """Write the model into ``path`` (created; existing shard files are overwritten)."""
+    started = time.perf_counter()
+    shape = llama_shape(size_bytes)
+    groups = split_shards(shape.tensors(), shards)
+    path.mkdir(parents=True, exist_ok=True)
+    names = [f"model-{n + 1:05d}-of-{len(groups):05d}.safetensors" for n in range(len(groups))]
+    total = sum(t.nbytes for t in shape.tensors())
+    blocks = _RandomBlocks()
+    written = [0]
+    lock = threading.Lock()
+
+    def write_range(fd: int, offset: int, nbytes: int) -> None:
+        os.pwrite(fd, blocks.fill(nbytes), offset)
+        with lock:
+            written[0] += nbytes
+            done = written[0]
+        if on_progress:
+            on_progress(done, total)
+
+    files = []
+    with ThreadPoolExecutor(threads, thread_name_prefix="synth") as pool:
+        for name, group in zip(names, groups, strict=True):
+            header = safetensors_header(group)
+            data = sum(t.nbytes for t in group)
+            fd = os.open(path / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.pwrite(fd, header, 0)
+                futures = [
+                    pool.submit(write_range, fd, len(header) + off, min(BLOCK_BYTES, data - off))
+                    for off in range(0, data, BLOCK_BYTES)
+                ]
+                for future in futures:
+                    future.result()
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            files.append(path / name)
+    weight_map = {t.name: name for name, group in zip(names, groups, strict=True) for t in group}
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (path / "config.json").write_text(json.dumps(shape.config(), indent=2) + "\n")
+    return SynthResult(path, tuple(files), total, time.perf_counter() - started, shape)

