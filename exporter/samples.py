@@ -76,6 +76,12 @@ class Sample(BaseModel):
     prewarm_seconds: float | None = None  # the pre-warm that preceded a load
     outcome: Outcome = Outcome.OK
     error: str | None = None
+    # Pre-warm samples (kind=prewarm); None on loads.
+    strategy: str | None = None
+    threads: int | None = None
+    bytes_read: int | None = None
+    throughput_bytes_per_second: float | None = None
+    partial: bool | None = None  # the memory budget (or a cancel) stopped it early
 
     def to_json_line(self) -> str:
         data = self.model_dump(mode="json", by_alias=True)
@@ -123,7 +129,11 @@ class SampleReader:
         with os.fdopen(fd, "rb") as handle:
             st = os.fstat(handle.fileno())
             pos = self._position
-            if pos is None or (pos.device, pos.inode) != (st.st_dev, st.st_ino) or st.st_size < pos.offset:
+            if (
+                pos is None
+                or (pos.device, pos.inode) != (st.st_dev, st.st_ino)
+                or st.st_size < pos.offset
+            ):
                 pos = self._position = _Position(st.st_dev, st.st_ino, 0)
             handle.seek(pos.offset)
             data = handle.read()

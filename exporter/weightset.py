@@ -111,6 +111,18 @@ def resolve_model_root(path: Path) -> Path:
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else path
 
 
+def model_name_for_path(path: str | os.PathLike[str]) -> str:
+    """The name a model goes by in metrics and samples when none is given:
+    ``models--meta-llama--Llama-3.1-8B`` (a Hugging Face cache entry, or one of its
+    snapshots) -> ``meta-llama/Llama-3.1-8B``; any other path -> its last component."""
+    parts = Path(os.path.abspath(path)).parts
+    for part in reversed(parts):
+        if part.startswith(("models--", "datasets--")):
+            return part.split("--", 1)[1].replace("--", "/")
+    name = Path(os.path.abspath(path)).name
+    return name.removesuffix(".safetensors") or "model"
+
+
 class _Walker:
     def __init__(self, weight_patterns: tuple[str, ...], metadata_patterns: tuple[str, ...]):
         self.weight_patterns = weight_patterns
