@@ -115,11 +115,11 @@ def model_name_for_path(path: str | os.PathLike[str]) -> str:
     """The name a model goes by in metrics and samples when none is given:
     ``models--meta-llama--Llama-3.1-8B`` (a Hugging Face cache entry, or one of its
     snapshots) -> ``meta-llama/Llama-3.1-8B``; any other path -> its last component."""
-    parts = Path(os.path.abspath(path)).parts
+    parts = Path(path).absolute().parts
     for part in reversed(parts):
         if part.startswith(("models--", "datasets--")):
             return part.split("--", 1)[1].replace("--", "/")
-    name = Path(os.path.abspath(path)).name
+    name = Path(path).absolute().name
     return name.removesuffix(".safetensors") or "model"
 
 
