@@ -78,25 +78,26 @@ class MemoryGuard:
     def budget_bytes(self) -> int | None:
         return self.start.budget_bytes if self.enabled else None
 
-    def grant(self, nbytes: int) -> bool:
-        """Account ``nbytes`` about to enter the page cache; False once the budget is spent
-        (and from then on), with ``refused_reason`` saying why."""
-        if not self.enabled:
-            return True
+    def grant_up_to(self, nbytes: int) -> int:
+        """Account up to ``nbytes`` about to enter the page cache and return how many may;
+        less than asked once the budget is spent (and 0 from then on), with
+        ``refused_reason`` saying why."""
+        if not self.enabled or nbytes == 0:
+            return nbytes
         with self._lock:
             if self.refused_reason is not None:
-                return False
-            if self.granted_bytes + nbytes > self.start.budget_bytes:
+                return 0
+            self._since_check += nbytes
+            if self._since_check >= RECHECK_EVERY_BYTES and not self._still_room():
+                return 0
+            granted = min(nbytes, self.start.budget_bytes - self.granted_bytes)
+            if granted < nbytes:
                 self.refused_reason = (
                     f"memory budget reached: {self.start.budget_bytes} bytes "
                     f"({self.start.limited_by}, reserve {self.reserve_bytes})"
                 )
-                return False
-            self._since_check += nbytes
-            if self._since_check >= RECHECK_EVERY_BYTES and not self._still_room():
-                return False
-            self.granted_bytes += nbytes
-            return True
+            self.granted_bytes += granted
+            return granted
 
     def _still_room(self) -> bool:
         self._since_check = 0

@@ -36,6 +36,7 @@ DEFAULT_CHUNK_BYTES = 64 * MiB
 # One syscall moves at most this much: fine-grained enough for rate limiting, cancelling
 # and progress, coarse enough that syscall overhead does not show.
 STEP_BYTES = 16 * MiB
+PAGE = os.sysconf("SC_PAGE_SIZE")
 RATE_LIMITED_STEP_BYTES = 2 * MiB
 
 
@@ -93,7 +94,9 @@ class PrewarmResult:
     threads: int
     size_bytes: int
     resident_before_bytes: int | None  # None: residency could not be measured truthfully
-    read_bytes: int  # what this run brought in (or re-touched when residency was unknown)
+    # What this run brought into the page cache (readahead included; all it touched when
+    # residency could not be measured), and what was resident before it started.
+    read_bytes: int
     skipped_resident_bytes: int
     seconds: float
     budget_bytes: int | None  # None: the memory guard was off
@@ -134,13 +137,17 @@ class PrewarmResult:
 class _OpenFile:
     """A file being warmed: closed when every chunk has been handed out and finished."""
 
-    def __init__(self, wf: WeightFile, fd: int) -> None:
+    def __init__(self, wf: WeightFile, fd: int, missing_by_chunk: dict[int, int]) -> None:
         self.wf = wf
         self.fd = fd
         self.size = os.fstat(fd).st_size
         self.next_offset = 0
         self.in_flight = 0
         self.failed: str | None = None
+        # Bytes of each chunk (by offset) that were not resident when the file was opened,
+        # before any of its chunks was touched: readahead triggered by one chunk fills the
+        # next, so asking later would hide bytes this warm brought in from the budget.
+        self.missing_by_chunk = missing_by_chunk
 
     @property
     def exhausted(self) -> bool:
@@ -202,8 +209,17 @@ class _Run:
                 self._error_locked(wf.path, "no longer a regular file")
                 self.progress.files_done += 1
                 continue
-            return _OpenFile(wf, fd)
+            return _OpenFile(wf, fd, self._missing_by_chunk(fd))
         return None
+
+    def _missing_by_chunk(self, fd: int) -> dict[int, int]:
+        size = os.fstat(fd).st_size
+        missing = {}
+        for offset in range(0, size, self.options.chunk_bytes):
+            length = min(self.options.chunk_bytes, size - offset)
+            cached = self.probe.cached_bytes(fd, offset, length)
+            missing[offset] = length if cached is None else length - cached
+        return missing
 
     def _finish_locked(self, opened: _OpenFile) -> None:
         os.close(opened.fd)
@@ -262,33 +278,46 @@ class _Run:
             finally:
                 self.release(chunk)
 
-    def _missing(self, chunk: _Chunk, offset: int, length: int) -> int:
+    def _resident(self, chunk: _Chunk, offset: int, length: int) -> bool:
         if not self.options.only_missing:
-            return length
-        cached = self.probe.cached_bytes(chunk.file.fd, offset, length)
-        return length if cached is None else length - cached
+            return False
+        return self.probe.cached_bytes(chunk.file.fd, offset, length) == length
+
+    def _grant(self, chunk: _Chunk) -> tuple[int, int]:
+        """(bytes this chunk brings in, bytes of the chunk to warm) within the budget."""
+        missing = chunk.file.missing_by_chunk.get(chunk.offset, chunk.length)
+        granted = self.guard.grant_up_to(missing)
+        if granted < missing:
+            with self.lock:
+                self.stop_reason = self.stop_reason or self.guard.refused_reason
+            # Warm the prefix the rest of the budget covers (whole pages).
+            return granted, granted // PAGE * PAGE
+        return missing, chunk.length
 
     def _warm_chunk(self, chunk: _Chunk, buffer: bytearray | None) -> None:
-        end = chunk.offset + chunk.length
+        brought_in, length_to_warm = self._grant(chunk)
+        end = chunk.offset + length_to_warm
+        # The rate limit is on bytes brought in from storage. Readahead fills ranges ahead
+        # of the one touched, so every step pays its share, resident by then or not.
+        share = brought_in / length_to_warm if length_to_warm else 0.0
+        done = 0
+        # A budget stop elsewhere lets granted chunks finish; a cancel or a broken file not.
         for offset in range(chunk.offset, end, self.step):
-            if chunk.file.failed or self.cancel.is_set() or self.stop_reason:
-                return
+            if chunk.file.failed or self.cancel.is_set():
+                break
             length = min(self.step, end - offset)
-            missing = self._missing(chunk, offset, length)
-            if missing == 0:
-                self._advance(length, read=0)
-                continue
-            if not self.guard.grant(missing):
-                with self.lock:
-                    self.stop_reason = self.guard.refused_reason
-                return
-            self.limiter.acquire(length, self.cancel)
-            try:
-                self._touch(chunk.file.fd, offset, length, buffer)
-            except OSError as exc:
-                self._file_broke(chunk.file, exc)
-                return
-            self._advance(length, read=length)
+            self.limiter.acquire(round(length * share), self.cancel)
+            if not self._resident(chunk, offset, length):
+                try:
+                    self._touch(chunk.file.fd, offset, length, buffer)
+                except OSError as exc:
+                    self._file_broke(chunk.file, exc)
+                    break
+            done += length
+            self._advance(length)
+        # Bytes brought in, pro rata when the chunk was cut short.
+        read = brought_in if done == length_to_warm else brought_in * done // max(1, length_to_warm)
+        self._account(read=read, skipped=done - read if done >= read else 0)
 
     def _touch(self, fd: int, offset: int, length: int, buffer: bytearray | None) -> None:
         if buffer is None:
@@ -311,12 +340,15 @@ class _Run:
             if opened.failed is None:
                 opened.failed = reason
 
-    def _advance(self, done: int, read: int) -> None:
+    def _account(self, read: int, skipped: int) -> None:
+        """Bytes this warm brings into the page cache, and bytes that were there before."""
+        with self.lock:
+            self.progress.read_bytes += read
+            self.skipped_bytes += skipped
+
+    def _advance(self, done: int) -> None:
         with self.lock:
             self.progress.done_bytes += done
-            self.progress.read_bytes += read
-            if read == 0:
-                self.skipped_bytes += done
         if self.on_progress is not None:
             self.on_progress(self.progress)
 

@@ -98,14 +98,16 @@ _WIDTHS = (
 
 
 def llama_shape(target_bytes: int, vocab: int = 32000) -> LlamaShape:
-    """The widest Llama shape that still gets at least 4 layers into ``target_bytes``."""
+    """The widest Llama shape that still gets at least 16 layers into ``target_bytes``."""
     for hidden, inter, heads, kv_heads in reversed(_WIDTHS):
-        shape = LlamaShape(hidden, inter, vocab, 1, heads, kv_heads)
+        # Small models get a smaller vocabulary, so embeddings stay a minor part of them.
+        vocab_here = min(vocab, max(256, target_bytes // (8 * hidden * BF16_BYTES) // 64 * 64))
+        shape = LlamaShape(hidden, inter, vocab_here, 1, heads, kv_heads)
         per_layer = sum(t.nbytes for t in shape.tensors()[1:10])
-        fixed = 2 * vocab * hidden * BF16_BYTES
+        fixed = 2 * vocab_here * hidden * BF16_BYTES
         layers = (target_bytes - fixed) // per_layer
-        if layers >= 4 or hidden == _WIDTHS[0][0]:
-            return LlamaShape(hidden, inter, vocab, max(1, layers), heads, kv_heads)
+        if layers >= 16 or hidden == _WIDTHS[0][0]:
+            return LlamaShape(hidden, inter, vocab_here, max(1, layers), heads, kv_heads)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

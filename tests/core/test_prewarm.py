@@ -1,0 +1,230 @@
+"""Pre-warm with real reads into the real page cache: strategies, only-missing, load
+order, files that change under the warm, and a real memory cgroup smaller than the model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.memguard import MemoryGuard
+from controller.prewarm import PrewarmOptions, PrewarmProgress, Strategy, prewarm
+from exporter.linux.blockdev import storage_for_path
+from exporter.linux.memcg import find_memory_cgroup
+from exporter.residency import ResidencyProbe
+from exporter.weightset import discover
+from tests.support import REPO, evict_path, pagewarm, require_root, write_random
+
+MiB = 1 << 20
+
+
+def _model(root: Path, shards: int, shard_bytes: int) -> Path:
+    for n in range(shards):
+        write_random(root / f"model-{n + 1:05d}-of-{shards:05d}.safetensors", shard_bytes)
+    evict_path(root)
+    return root
+
+
+def _ratio(path: Path) -> float | None:
+    return ResidencyProbe().measure(discover(path)).ratio
+
+
+@pytest.mark.parametrize("strategy", [Strategy.POPULATE, Strategy.READ])
+def test_each_strategy_warms_the_whole_model(small_model: Path, strategy: Strategy) -> None:
+    evict_path(small_model)
+    assert _ratio(small_model) == pytest.approx(0.0, abs=0.01)
+    result = prewarm(discover(small_model), PrewarmOptions(strategy=strategy, threads=3))
+    assert result.strategy is strategy
+    assert not result.partial
+    assert result.file_errors == ()
+    assert result.after.ratio == 1.0
+    assert result.read_bytes >= 0.99 * result.size_bytes
+    assert result.resident_before_bytes is not None
+
+
+def test_only_missing_ranges_are_read(tmp_path: Path) -> None:
+    model = _model(tmp_path, 2, 16 * MiB)
+    first = sorted(model.glob("*.safetensors"))[0]
+    with first.open("rb") as handle:
+        handle.read()
+    result = prewarm(discover(model), PrewarmOptions(chunk_bytes=4 * MiB))
+    assert result.skipped_resident_bytes == 16 * MiB
+    assert result.read_bytes == 16 * MiB
+    again = prewarm(discover(model))
+    assert again.read_bytes == 0
+    assert again.skipped_resident_bytes == 32 * MiB
+
+
+def test_progress_reaches_the_total(small_model: Path) -> None:
+    evict_path(small_model)
+    seen: list[int] = []
+    progress = PrewarmProgress(planned_bytes=0)
+    prewarm(
+        discover(small_model),
+        PrewarmOptions(threads=2),
+        on_progress=lambda p: seen.append(p.done_bytes),
+        progress=progress,
+    )
+    assert seen == sorted(seen) or len(seen) > 1
+    assert progress.done_bytes == discover(small_model).total_bytes
+    assert progress.files_done == progress.files_total == len(discover(small_model).files)
+    assert progress.fraction == 1.0
+
+
+def test_budget_stops_the_warm_in_load_order(tmp_path: Path) -> None:
+    model = _model(tmp_path, 4, 8 * MiB)
+    guard = MemoryGuard(reserve_bytes=0)
+    guard.start = guard.start.__class__(12 * MiB, None, 0)  # a node with 12 MiB to spare
+    result = prewarm(discover(model), PrewarmOptions(threads=1, chunk_bytes=2 * MiB), guard=guard)
+    assert result.partial
+    assert "memory budget reached" in (result.partial_reason or "")
+    ratios = [f.ratio for f in result.after.files]
+    assert ratios[0] == 1.0
+    assert ratios[1] > 0  # the budget's last 4 MiB went to the second shard...
+    assert ratios[2:] == [0.0, 0.0]  # ...and nothing past it, in load order
+    assert result.read_bytes == 12 * MiB
+    # The kernel's readahead may round the last read up by one readahead window.
+    storage = storage_for_path(model)
+    window = max([d.read_ahead_bytes or 0 for d in storage.devices] + [0]) if storage else 0
+    assert result.after.cached_bytes <= 12 * MiB + window
+
+
+def test_cancel_stops_promptly(tmp_path: Path) -> None:
+    import threading  # noqa: PLC0415
+
+    model = _model(tmp_path, 2, 16 * MiB)
+    cancel = threading.Event()
+    timer = threading.Timer(0.3, cancel.set)
+    timer.start()
+    result = prewarm(
+        discover(model),
+        PrewarmOptions(rate_limit_bytes_per_second=4 * MiB, threads=2),
+        cancel=cancel,
+    )
+    timer.cancel()
+    assert result.partial_reason == "cancelled"
+    assert result.after.cached_bytes is not None
+    assert result.after.cached_bytes < 32 * MiB
+
+
+# Files that change while a (slow, rate-limited) warm runs in another process.
+
+
+def _start_slow_warm(model: Path, strategy: Strategy) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "controller.cli", "prewarm", str(model), "--json"]
+    argv += [
+        "--strategy",
+        str(strategy),
+        "--threads",
+        "1",
+        "--rate-limit",
+        "16MiB",
+        "--chunk",
+        "4MiB",
+    ]
+    env = {**os.environ, "PAGEWARM_LOG_FORMAT": "json"}
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+    )
+
+
+def _wait_resident(path: Path, at_least: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if (ResidencyProbe().cached_bytes(fd, 0, path.stat().st_size) or 0) >= at_least:
+                return
+        finally:
+            os.close(fd)
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never became {at_least} bytes resident")
+
+
+def _truncate(path: Path) -> None:
+    os.truncate(path, 1 * MiB)
+
+
+def _replace(path: Path) -> None:
+    fresh = write_random(path.with_suffix(".new"), 2 * MiB)
+    fresh.rename(path)
+
+
+def _delete(path: Path) -> None:
+    path.unlink()
+
+
+@pytest.mark.parametrize(
+    ("change", "strategy", "expected"),
+    [
+        (_truncate, Strategy.POPULATE, "truncated during the warm"),
+        (_truncate, Strategy.READ, "truncated during the warm"),
+        (_replace, Strategy.POPULATE, "replaced during the warm"),
+        (_delete, Strategy.READ, "deleted during the warm"),
+    ],
+    ids=["truncate-populate", "truncate-read", "replace", "delete"],
+)
+def test_a_file_changed_mid_warm_is_reported_and_the_rest_is_warmed(
+    tmp_path: Path, change: object, strategy: Strategy, expected: str
+) -> None:
+    model = _model(tmp_path, 3, 16 * MiB)
+    shards = sorted(model.glob("*.safetensors"))
+    warm = _start_slow_warm(model, strategy)
+    _wait_resident(shards[0], 4 * MiB)
+    change(shards[0])  # type: ignore[operator]
+    out, err = warm.communicate(timeout=60)
+    assert warm.returncode == 1, err  # not -SIGBUS: the process survived
+    doc = json.loads(out)
+    assert [e["path"] for e in doc["file_errors"]] == [str(shards[0])]
+    assert doc["file_errors"][0]["error"].startswith(expected)
+    later = ResidencyProbe().measure(discover(model)).files[-2:]
+    # The rest was warmed. Not asserted as exactly 1.0: these VMs run a DAMON pageout
+    # scheme (kdamond) that reclaims a few pages of memory regions it deems cold.
+    assert all(f.ratio is not None and f.ratio > 0.95 for f in later), later
+
+
+# A real memory cgroup (v1 here; v2 where the host delegates one) smaller than the model.
+
+
+@pytest.fixture
+def small_memory_cgroup() -> Iterator[Path]:
+    require_root("creating a memory cgroup")
+    own = find_memory_cgroup()
+    if own is None or own.version != 1:
+        pytest.skip("needs a writable cgroup v1 memory hierarchy (this host's kind has one)")
+    child = own.path / f"pagewarm-test-{uuid.uuid4().hex[:8]}"
+    child.mkdir()
+    (child / "memory.limit_in_bytes").write_text(str(192 * MiB))
+    yield child
+    child.rmdir()
+
+
+def test_prewarm_inside_a_cgroup_smaller_than_the_model_stops_at_the_budget(
+    tmp_path: Path, small_memory_cgroup: Path
+) -> None:
+    model = _model(tmp_path, 4, 64 * MiB)
+    script = f'echo $$ > {small_memory_cgroup}/cgroup.procs && exec "$@"'
+    argv = ["sh", "-c", script, "sh", sys.executable, "-m", "controller.cli"]
+    argv += ["prewarm", str(model), "--reserve", "16MiB", "--json"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["partial"] is True
+    assert "memory cgroup v1 limit" in doc["partial_reason"]
+    assert doc["budget_bytes"] < 192 * MiB
+    assert doc["read_bytes"] <= doc["budget_bytes"]
+    # What was read stayed resident: the warm did not evict its own pages.
+    assert doc["resident_after_bytes"] >= 0.9 * doc["read_bytes"]
+    oom = dict(
+        line.split()
+        for line in (small_memory_cgroup / "memory.oom_control").read_text().splitlines()
+    )
+    assert oom.get("oom_kill", "0") == "0"
+    assert "pre-warm partial" in result.stderr
