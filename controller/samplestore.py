@@ -1,0 +1,102 @@
+"""The sample store: an append-only JSONL file, one sample per line (schema:
+``exporter.samples``), shared by every process that records samples.
+
+An append takes an exclusive flock, writes the whole line with O_APPEND and fsyncs before
+unlocking, so concurrent writers (bench, sidecar, measure) never interleave and a sample
+that ``append`` returned for is on disk. A writer killed mid-write leaves a torn last line
+and no lock (the kernel drops it with the process): the next append first terminates that
+line, so it is lost alone, skipped by readers as invalid, and never swallows the next
+sample. Readers (``exporter.samples.SampleReader``) take no lock: a line is visible to them
+once its newline is.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from exporter.samples import Sample, read_all
+
+# Tests only: pause this many seconds after writing the first half of a line, so that a
+# test can SIGKILL the writer mid-append deterministically. Never set in production.
+TEST_PAUSE_MID_WRITE_ENV = "PAGEWARM_TEST_SAMPLESTORE_PAUSE_MID_WRITE"
+# Tests only: a file created once the first half is on disk (the moment to kill).
+TEST_MID_WRITE_MARKER_ENV = "PAGEWARM_TEST_SAMPLESTORE_MID_WRITE_MARKER"
+
+
+class SampleStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, sample: Sample) -> None:
+        self.append_many([sample])
+
+    def append_many(self, samples: Iterable[Sample]) -> None:
+        """Append samples, one write per sample, fsync'd, under the exclusive lock."""
+        lines = [s.to_json_line().encode() for s in samples]
+        if not lines:
+            return
+        created = not self.path.exists()
+        if created:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Read-write: the torn-line check reads the last byte (pread ignores O_APPEND).
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            for line in lines:
+                self._append_locked(fd, line)
+        finally:
+            os.close(fd)  # releases the lock
+        if created:
+            _fsync_directory(self.path.parent)
+
+    def _append_locked(self, fd: int, line: bytes) -> None:
+        if _ends_torn(fd):
+            # A writer died mid-line: end its line so ours starts on a line of its own.
+            line = b"\n" + line
+        pause = os.environ.get(TEST_PAUSE_MID_WRITE_ENV)
+        if pause:
+            _write_half_then_pause(fd, line, float(pause))
+        else:
+            _write_all(fd, line)
+        os.fsync(fd)
+
+    def read(self) -> list[Sample]:
+        return read_all(self.path)
+
+
+def _ends_torn(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _write_half_then_pause(fd: int, line: bytes, seconds: float) -> None:
+    half = len(line) // 2
+    _write_all(fd, line[:half])
+    os.fsync(fd)
+    marker = os.environ.get(TEST_MID_WRITE_MARKER_ENV)
+    if marker:
+        Path(marker).touch()
+    time.sleep(seconds)
+    _write_all(fd, line[half:])
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a newly created store's directory entry durable too."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

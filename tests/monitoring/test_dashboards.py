@@ -1,0 +1,195 @@
+"""The committed dashboards: generated from grafana/*.py, and clean under the lint pass
+(which must also catch what it claims to)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from grafana_foundation_sdk.cog.plugins import register_default_plugins
+from grafana_foundation_sdk.models.dashboard import Dashboard as DashboardModel
+
+from grafana import generate
+from grafana.lint import lint, lint_file, panels, recorded_series
+from tests.support import REPO
+
+DASHBOARDS = sorted((REPO / "grafana").glob("*.json"))
+
+
+def test_the_committed_dashboards_are_the_generated_ones() -> None:
+    expected = generate.generated()
+    assert sorted(p.name for p in DASHBOARDS) == sorted(expected)
+    for path in DASHBOARDS:
+        assert path.read_text() == expected[path.name], (
+            f"{path.name} differs from what grafana/*.py generate: run python -m grafana.generate"
+        )
+
+
+def test_generate_check_names_a_stale_file(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "grafana.generate", "--directory", str(tmp_path), *args]
+        return subprocess.run(argv, capture_output=True, text=True, cwd=REPO, check=False)
+
+    assert run().returncode == 0
+    assert run("--check").returncode == 0
+    stale = tmp_path / "node-model-cache.json"
+    stale.write_text(stale.read_text().replace("Residency by file", "Residency per file"))
+    result = run("--check")
+    assert result.returncode == 1
+    assert "node-model-cache.json: out of date" in result.stdout
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_passes_the_lint(path: Path) -> None:
+    problems = lint_file(path)
+    assert not problems, "\n".join(map(str, problems))
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_grafana_foundation_sdk_reads_the_dashboard_back(path: Path) -> None:
+    """The SDK's own model of a Grafana dashboard accepts the JSON (panels, queries, variables
+    all typed), as Grafana's schema would."""
+    register_default_plugins()
+    document = json.loads(path.read_text())
+    model = DashboardModel.from_json(document)
+    assert model.uid == document["uid"]
+    assert model.templating is not None and model.templating.list_val is not None
+    assert [v.name for v in model.templating.list_val] == [
+        "datasource",
+        "namespace",
+        "pod",
+        "instance",
+        "model",
+    ]
+
+
+def test_the_dashboards_cover_what_the_issue_lists() -> None:
+    def exprs(name: str) -> str:
+        document = json.loads((REPO / "grafana" / name).read_text())
+        return " ".join(t["expr"] for p in panels(document) for t in p.get("targets", []))
+
+    overview = exprs("cold-starts-overview.json")
+    for needle in (
+        "model_mode:pagewarm_load_duration_seconds:p50_1h",
+        "model_mode:pagewarm_load_duration_seconds:p90_1h",
+        "pagewarm_last_load_duration_seconds",
+        "pagewarm_last_prewarm_duration_seconds",
+        "pagewarm_last_prewarm_throughput_bytes_per_second",
+        "pagewarm_model_resident_ratio",
+        "pagewarm_io_scheduler_info",
+        "pagewarm_memory_available_bytes",
+        "pagewarm_model_size_bytes",
+    ):
+        assert needle in overview, needle
+    cache = exprs("node-model-cache.json")
+    for needle in (
+        "pagewarm_model_resident_ratio",
+        "pagewarm_file_resident_bytes",
+        "pagewarm_model_evicted_bytes",
+        "pagewarm_model_recently_evicted_bytes",
+        "pagewarm_io_scheduler_info",
+        "pagewarm_block_device_read_ahead_bytes",
+        "pagewarm_block_device_rotational",
+    ):
+        assert needle in cache, needle
+
+
+# What the lint must catch: a mutation of a good dashboard, and the rule it breaks.
+def _first_panel(document: dict[str, Any]) -> dict[str, Any]:
+    return next(p for p in panels(document) if p["type"] != "row")
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(document: dict[str, Any]) -> None:
+        node: Any = _first_panel(document)
+        *parents, last = path.split(".")
+        for key in parents:
+            node = node[int(key)] if key.isdigit() else node[key]
+        node[last] = value
+
+    return mutate
+
+
+def _replace_expr(old: str, new: str) -> Callable[[dict[str, Any]], None]:
+    def mutate(document: dict[str, Any]) -> None:
+        for panel in panels(document):
+            for target in panel.get("targets", []):
+                if old in target["expr"]:
+                    target["expr"] = target["expr"].replace(old, new)
+                    return
+        raise AssertionError(f"{old!r} is in no query: update the mutation")
+
+    return mutate
+
+
+def _duplicate_id(document: dict[str, Any]) -> None:
+    content = [p for p in panels(document) if p["type"] != "row"]
+    content[1]["id"] = content[0]["id"]
+
+
+def _drop_variable(name: str) -> Callable[[dict[str, Any]], None]:
+    def mutate(document: dict[str, Any]) -> None:
+        variables = document["templating"]["list"]
+        document["templating"]["list"] = [v for v in variables if v["name"] != name]
+
+    return mutate
+
+
+def _add_unused_variable(document: dict[str, Any]) -> None:
+    variable = copy.deepcopy(document["templating"]["list"][-1])
+    variable["name"] = "unused"
+    document["templating"]["list"].append(variable)
+
+
+def _overlap(document: dict[str, Any]) -> None:
+    content = [p for p in panels(document) if p["type"] != "row"]
+    content[1]["gridPos"] = dict(content[0]["gridPos"])
+
+
+LINT_CASES: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+    "no unit": (_set("fieldConfig.defaults.unit", ""), "panel-units"),
+    "unknown unit": (_set("fieldConfig.defaults.unit", "seconds"), "panel-units"),
+    "no description": (_set("description", ""), "panel-description"),
+    "description without advice": (_set("description", "x" * 200), "panel-description"),
+    "fixed datasource": (
+        _set("datasource", {"type": "prometheus", "uid": "P1"}),
+        "panel-datasource",
+    ),
+    "query datasource": (_set("targets.0.datasource", {"uid": "P1"}), "panel-datasource"),
+    "null options": (_set("options", None), "panel-options"),
+    "duplicate refId": (_set("targets.1.refId", "A"), "target-refid"),
+    "duplicate id": (_duplicate_id, "panel-ids"),
+    "overlap": (_overlap, "panel-grid"),
+    "rate with fixed range": (
+        _replace_expr("[$__rate_interval]", "[5m]"),
+        "target-rate-interval",
+    ),
+    "unfiltered instance": (_replace_expr(', instance=~"$instance"', ""), "target-filters"),
+    "unfiltered model": (
+        _replace_expr(
+            'pagewarm_last_load_duration_seconds{model=~"$model", ',
+            "pagewarm_last_load_duration_seconds{",
+        ),
+        "target-filters",
+    ),
+    "unknown recording": (_replace_expr(":p50_1h", ":p50_2h"), "target-filters"),
+    "undefined variable": (_drop_variable("pod"), "template-variables"),
+    "unused variable": (_add_unused_variable, "template-variables"),
+    "no datasource variable": (_drop_variable("datasource"), "template-datasource"),
+    "no annotations list": (lambda d: d.update(annotations={}), "dashboard"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LINT_CASES))
+def test_the_lint_catches(case: str) -> None:
+    document = json.loads((REPO / "grafana" / "cold-starts-overview.json").read_text())
+    mutate, rule = LINT_CASES[case]
+    mutate(document)
+    problems = lint(document, recorded_series())
+    assert rule in {p.rule for p in problems}, problems

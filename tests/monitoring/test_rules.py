@@ -1,0 +1,272 @@
+"""The alert and recording rules: promtool's own checks and unit tests, and the
+conventions every alert keeps (severity, annotations, a runbook that exists, a test that
+fires it and one that keeps it silent)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import REPO, require_binary
+
+RULES = REPO / "alerts" / "pagewarm.rules.yml"
+TESTS = sorted((REPO / "alerts" / "tests").glob("*.yml"))
+RUNBOOKS = REPO / "docs" / "runbooks"
+RUNBOOK_BASE = "https://github.com/pagewarm/pagewarm/blob/main/docs/runbooks/"
+SEVERITIES = {"critical", "warning", "info"}
+# level:metric:operations (https://prometheus.io/docs/practices/rules/)
+RECORDING_NAME = re.compile(r"[a-z][a-z_]*:[a-z][a-z0-9_]*:[a-z][a-z0-9_]*")
+
+
+def _rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load(RULES.read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def _alerts() -> list[dict[str, Any]]:
+    return [rule for rule in _rules() if "alert" in rule]
+
+
+def _promtool(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    promtool = require_binary("promtool")
+    return subprocess.run(
+        [promtool, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def test_promtool_check_rules_accepts_the_rules_file() -> None:
+    result = _promtool("check", "rules", RULES)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(_rules())} rules found" in result.stdout
+
+
+def test_promtool_unit_tests_pass() -> None:
+    assert len(TESTS) >= 5
+    result = _promtool("test", "rules", *TESTS)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert output.count("SUCCESS") == len(TESTS), output
+
+
+# Each mutation weakens one guard of one rule (name, field, and the new value or an
+# (old, new) replacement in the expression); some unit test must then fail, so the tests
+# above check the guards rather than pass whatever the rules say.
+Mutation = tuple[str, str, str | tuple[str, str]]
+MUTATIONS: dict[str, Mutation] = {
+    "regression floor": ("PagewarmColdLoadRegression", "expr", ("_6h > 30", "_6h > 1")),
+    "regression for": ("PagewarmColdLoadRegression", "for", "10m"),
+    "regression baseline": (
+        "PagewarmColdLoadRegression",
+        "expr",
+        ("> 1.5 * (", "> 0 * ("),
+    ),
+    "regression minimum loads": (
+        "PagewarmColdLoadRegression",
+        "expr",
+        ("increase6h >= 3", "increase6h >= 1"),
+    ),
+    "regression modes": (
+        "PagewarmColdLoadRegression",
+        "expr",
+        ('{mode=~"cold|prewarm_cold"}', ""),
+    ),
+    "prewarm born with failures": (
+        "PagewarmPrewarmFailing",
+        "expr",
+        ("unless pagewarm_prewarm_runs_total offset 1h", "> 1e9"),
+    ),
+    "prewarm old failures": (
+        "PagewarmPrewarmFailing",
+        "expr",
+        ('unless ignoring (outcome) pagewarm_prewarm_runs_total{outcome="ok"} > 0', ""),
+    ),
+    "residency was resident": ("PagewarmResidencyDropped", "expr", (">= 0.9", ">= 0.6")),
+    "residency for": ("PagewarmResidencyDropped", "for", "0m"),
+    "untrusted": ("PagewarmResidencyUntrusted", "expr", ("== 0", "== 1")),
+    "untrusted for": ("PagewarmResidencyUntrusted", "for", "1m"),
+    "expected scheduler": (
+        "pagewarm:io_scheduler_expected:info",
+        "expr",
+        ('"none"', '"mq-deadline"'),
+    ),
+    "scheduler for": ("PagewarmSchedulerChanged", "for", "1m"),
+    "exporter absent": ("PagewarmExporterDown", "expr", ('or absent(up{job=~".*pagewarm.*"})', "")),
+    "exporter for": ("PagewarmExporterDown", "for", "0m"),
+    "recorded quantile": (
+        "model_mode:pagewarm_load_duration_seconds:p90_7d",
+        "expr",
+        ("histogram_quantile(0.9,", "histogram_quantile(0.95,"),
+    ),
+}
+
+
+# Where each rule's unit tests are.
+TEST_OF = {
+    "PagewarmColdLoadRegression": "cold_load_regression.yml",
+    "model_mode:pagewarm_load_duration_seconds:p90_7d": "cold_load_regression.yml",
+    "PagewarmPrewarmFailing": "prewarm_failing.yml",
+    "PagewarmResidencyDropped": "residency.yml",
+    "PagewarmResidencyUntrusted": "residency.yml",
+    "pagewarm:io_scheduler_expected:info": "scheduler_changed.yml",
+    "PagewarmSchedulerChanged": "scheduler_changed.yml",
+    "PagewarmExporterDown": "exporter_down.yml",
+}
+
+
+def _mutant(name: str, field: str, change: str | tuple[str, str]) -> str:
+    document = yaml.safe_load(RULES.read_text())
+    rules = [
+        r
+        for g in document["groups"]
+        for r in g["rules"]
+        if name in (r.get("alert"), r.get("record"))
+    ]
+    assert rules, f"no rule {name}: update the mutation"
+    for rule in rules:
+        if isinstance(change, tuple):
+            old, new = change
+            assert old in rule[field], f"{old!r} not in {name}'s {field}: update the mutation"
+            rule[field] = rule[field].replace(old, new)
+        else:
+            rule[field] = change
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_the_unit_tests_catch_a_weakened_rule(mutation: str, tmp_path: Path) -> None:
+    alerts = tmp_path / "alerts"
+    (alerts / "tests").mkdir(parents=True)
+    (alerts / RULES.name).write_text(_mutant(*MUTATIONS[mutation]))
+    for test in TESTS:
+        shutil.copy(test, alerts / "tests" / test.name)
+    check = _promtool("check", "rules", alerts / RULES.name)
+    assert check.returncode == 0, f"the mutant must stay valid: {check.stdout}{check.stderr}"
+    tests = alerts / "tests" / TEST_OF[MUTATIONS[mutation][0]]
+    result = _promtool("test", "rules", tests)
+    assert result.returncode != 0, f"{tests.name} did not notice {mutation!r}"
+
+
+def test_the_unmutated_rules_pass_the_same_way(tmp_path: Path) -> None:
+    """The mutants are written with yaml.safe_dump: the original, written the same way, passes
+    (so a mutant fails because of its mutation, not because of the round trip)."""
+    alerts = tmp_path / "alerts"
+    (alerts / "tests").mkdir(parents=True)
+    (alerts / RULES.name).write_text(yaml.safe_dump(yaml.safe_load(RULES.read_text())))
+    for test in TESTS:
+        shutil.copy(test, alerts / "tests" / test.name)
+    result = _promtool("test", "rules", *sorted((alerts / "tests").glob("*.yml")))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_severity_summary_description_and_runbook() -> None:
+    alerts = _alerts()
+    names = {a["alert"] for a in alerts}
+    assert names == {
+        "PagewarmColdLoadRegression",
+        "PagewarmPrewarmFailing",
+        "PagewarmResidencyDropped",
+        "PagewarmResidencyUntrusted",
+        "PagewarmSchedulerChanged",
+        "PagewarmExporterDown",
+    }
+    readme = (RUNBOOKS / "README.md").read_text()
+    for alert in alerts:
+        name = alert["alert"]
+        assert alert["labels"]["severity"] in SEVERITIES, name
+        annotations = alert["annotations"]
+        assert annotations["summary"].strip(), name
+        assert len(annotations["description"]) > 100, name
+        assert annotations["runbook_url"] == f"{RUNBOOK_BASE}{name}.md", name
+        runbook = RUNBOOKS / f"{name}.md"
+        assert runbook.is_file(), runbook
+        text = runbook.read_text()
+        assert text.startswith(f"# {name}\n"), runbook
+        assert "## What to check" in text and "## What to do" in text, runbook
+        assert f"[{name}.md]({name}.md)" in readme, name
+
+
+def test_the_runbook_base_is_one_string_to_replace() -> None:
+    text = RULES.read_text()
+    urls = re.findall(r"runbook_url: (\S+)", text)
+    assert len(urls) == len(_alerts())
+    assert all(url.startswith(RUNBOOK_BASE) for url in urls)
+    # Outside runbook_url the base appears only in the header comment that documents it.
+    assert text.count(RUNBOOK_BASE) == len(urls) + 1
+
+
+def _alert_tests() -> list[dict[str, Any]]:
+    return [
+        case
+        for path in TESTS
+        for group in yaml.safe_load(path.read_text())["tests"]
+        for case in group.get("alert_rule_test", [])
+    ]
+
+
+def test_every_alert_is_tested_firing_and_silent() -> None:
+    cases = _alert_tests()
+    for alert in {a["alert"] for a in _alerts()}:
+        mine = [c for c in cases if c["alertname"] == alert]
+        assert any(c.get("exp_alerts") for c in mine), f"no test where {alert} fires"
+        assert any(not c.get("exp_alerts") for c in mine), f"no test where {alert} is silent"
+
+
+def test_every_rule_file_test_loads_the_real_rules_file() -> None:
+    for path in TESTS:
+        assert yaml.safe_load(path.read_text())["rule_files"] == ["../pagewarm.rules.yml"], path
+
+
+def test_recording_rules_follow_the_naming_convention() -> None:
+    records = [rule["record"] for rule in _rules() if "record" in rule]
+    assert records
+    for name in records:
+        assert RECORDING_NAME.fullmatch(name), name
+
+
+def test_the_expected_scheduler_is_set_in_exactly_one_place() -> None:
+    """The chart overrides the expected scheduler by replacing this one expression: it must
+    be unique, and evaluated before the alert that reads it (same group, earlier)."""
+    document = yaml.safe_load(RULES.read_text())
+    group = [g for g in document["groups"] if g["name"] == "pagewarm.scheduler"]
+    assert len(group) == 1
+    first, second = group[0]["rules"]
+    assert first == {
+        "record": "pagewarm:io_scheduler_expected:info",
+        "expr": 'label_replace(vector(1), "scheduler", "none", "", "")',
+    }
+    assert second["alert"] == "PagewarmSchedulerChanged"
+    assert RULES.read_text().count('label_replace(vector(1), "scheduler", "none", "", "")') == 1
+
+
+def test_alerts_read_recorded_series_of_their_own_group_only() -> None:
+    """Groups are evaluated independently: an alert reading another group's recording sees
+    a value up to one interval old (and none at all where the interval exceeds the 5 minute
+    lookback). Each alert reads recordings of its own group, recorded before it."""
+    document = yaml.safe_load(RULES.read_text())
+    recorded_in = {
+        rule["record"]: group["name"]
+        for group in document["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+    for group in document["groups"]:
+        recorded_before: set[str] = set()
+        for rule in group["rules"]:
+            if "record" in rule:
+                recorded_before.add(rule["record"])
+                continue
+            for name in re.findall(r"[a-z_]+:[a-z0-9_]+:[a-z0-9_]+", rule["expr"]):
+                assert name in recorded_before, (
+                    f"{rule['alert']} reads {name}, recorded in {recorded_in.get(name)}"
+                )
