@@ -1,0 +1,282 @@
+"""pagewarm sidecar: pre-warm, gate vLLM's start, time its loads, serve metrics."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from controller.commands import common
+from controller.commands.prewarm import add_prewarm_options, options_from
+from controller.sidecar.app import Sidecar, SidecarConfig
+from controller.sidecar.gate import GATE_EXAMPLES, GatePolicy
+from controller.sidecar.modes import COLD_MAX_RATIO, WARM_MIN_RATIO
+from controller.sidecar.settings import DEFAULT_VLLM_PROCESS_PATTERN, SidecarSettings
+from controller.sidecar.vllm import compile_pattern
+from exporter.models import ModelSpec
+
+log = structlog.get_logger("pagewarm")
+
+DESCRIPTION = f"""\
+Run next to vLLM in its pod (a native sidecar: an init container with restartPolicy:
+Always, whose startupProbe holds vLLM back). One process, one port:
+
+  1. pre-warms MODEL_PATH (the same engine and memory guard as `pagewarm prewarm`);
+  2. gates vLLM: GET /startup answers 503 (JSON: why) until the gate opens, then 200.
+       --gate full        once the warm finished: weights resident, or the memory budget
+                          reached (what fits is resident; the rest loads from storage)
+       --gate ratio:0.8   once 80% of the weight set (in load order) is covered
+       --gate none        at once: the warm overlaps vLLM's imports and CUDA init, which
+                          hides storage latency without delaying the start
+     Whatever the policy, the gate opens after --gate-timeout seconds and says so (in
+     /startup, the log and pagewarm_sidecar_gate_timed_out): a slow disk must never keep
+     the pod from starting. A warm that fails also opens it.
+  3. times every vLLM start until --vllm-url answers 200 and records a load sample
+     (source "sidecar") in the sample store, labelled by the residency at vLLM's start:
+       cold          at most {COLD_MAX_RATIO:.0%} resident, and no pre-warm
+       warm          at least {WARM_MIN_RATIO:.0%} resident without this sidecar's warm
+       prewarm_cold  this sidecar's warm brought the weights in
+       prewarm_warm  they were already resident when the warm started
+       partial       anything else (the ratio is in the sample), or residency unknown
+     With shareProcessNamespace: true on the pod, vLLM's process is found in /proc
+     (--vllm-process-pattern) and each start is timed from its creation: a crash loop
+     gives one sample per start (failed when it exits before /health answers 200).
+     Without it, the first start is timed from the gate's opening and restarts are only
+     counted. A load past --load-timeout is recorded as timed_out.
+     --vllm-log FILE reads vLLM's "Model loading took X GiB and Y seconds" (or "Loading
+     weights took Y seconds") to split weight loading from the rest of the start.
+  4. --keep-warm: re-reads only the ranges of the weights that were evicted (cachestat;
+     rate-limited, within the memory budget, backing off when the host thrashes). Page
+     cache is no promise: memory pressure, and DAMON pageout schemes that page out file
+     cache left untouched for a minute (as on these VMs), evict a model vLLM serves from
+     GPU memory; keep-warm puts it back before a restart needs it.
+     --mlock: locks the weights in memory instead (needs CAP_IPC_LOCK, or RLIMIT_MEMLOCK
+     of the model's size, and a memory limit that holds the model; otherwise it says why
+     in the log and /status and runs on without).
+  5. serves /metrics (the exporter's metrics for this model plus pagewarm_sidecar_*),
+     /healthz (liveness), /startup and /status (JSON: gate, warm, vLLM, keep-warm).
+
+MODEL_PATH missing, unreadable or without weight files: exits at once with status 2 and
+the reason in its log. A gate that can never open would only hold the pod in startup
+until the probe gives up; a failing container shows the reason in `kubectl logs` and
+its CrashLoopBackOff.
+
+SIGTERM: cancels the warm (its sample says partial), stops timing (a load still in
+progress is not recorded), lets sample appends finish (never half a sample), exits 0.
+
+exit status: 0 stopped by SIGTERM/SIGINT, 1 cannot listen on the port, 2 bad input.
+
+examples:
+  pagewarm sidecar /models/llama-3-8b
+  pagewarm sidecar /models/llama-3-8b --gate ratio:0.8 --gate-timeout 300
+  pagewarm sidecar /models/llama-3-8b --gate none --keep-warm --vllm-log /logs/vllm.log
+  MODEL_PATH=/models/llama-3-8b PAGEWARM_GATE=full pagewarm sidecar --mlock
+  curl -s localhost:9741/status | jq .gate
+
+settings (environment): MODEL_PATH, PAGEWARM_GATE, PAGEWARM_GATE_TIMEOUT_SECONDS,
+PAGEWARM_VLLM_HEALTH_URL, PAGEWARM_PORT, PAGEWARM_HOST, PAGEWARM_KEEP_WARM,
+PAGEWARM_KEEP_WARM_INTERVAL_SECONDS, PAGEWARM_KEEP_WARM_RATE_LIMIT_BYTES, PAGEWARM_MLOCK,
+PAGEWARM_SAMPLES, PAGEWARM_VLLM_LOG, PAGEWARM_VLLM_PROCESS_PATTERN,
+PAGEWARM_LOAD_TIMEOUT_SECONDS, PAGEWARM_HEALTH_POLL_INTERVAL_SECONDS,
+PAGEWARM_PREWARM_ENABLED, PAGEWARM_MODEL_NAME and the PAGEWARM_PREWARM_* engine settings.
+"""
+
+
+def _gate(text: str) -> GatePolicy:
+    try:
+        return GatePolicy.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _pattern(text: str) -> str:
+    try:
+        compile_pattern(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "sidecar",
+        help="pre-warm, gate vLLM's start, time its loads, serve metrics (Kubernetes sidecar)",
+        description=DESCRIPTION,
+        formatter_class=common.Formatter,
+    )
+    common.add_model_path(parser)
+    gate = parser.add_argument_group("gate")
+    gate.add_argument(
+        "--gate",
+        type=_gate,
+        default=None,
+        metavar="POLICY",
+        help=f"{GATE_EXAMPLES} (default: $PAGEWARM_GATE or full)",
+    )
+    gate.add_argument(
+        "--gate-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="open the gate after this long anyway (default: $PAGEWARM_GATE_TIMEOUT_SECONDS "
+        "or 900)",
+    )
+    gate.add_argument(
+        "--no-prewarm",
+        dest="prewarm_enabled",
+        action="store_false",
+        default=None,
+        help="do not pre-warm: only time vLLM and serve metrics (the gate opens at once)",
+    )
+    vllm = parser.add_argument_group("vLLM")
+    vllm.add_argument(
+        "--vllm-url",
+        default=None,
+        metavar="URL",
+        help="vLLM's health URL (default: $PAGEWARM_VLLM_HEALTH_URL or "
+        "http://127.0.0.1:8000/health)",
+    )
+    vllm.add_argument(
+        "--vllm-log", type=Path, default=None, metavar="FILE", help="vLLM's log file (optional)"
+    )
+    vllm.add_argument(
+        "--vllm-process-pattern",
+        type=_pattern,
+        default=None,
+        metavar="REGEX",
+        help="finds vLLM's process by its command line; '' to not look "
+        f"(default: $PAGEWARM_VLLM_PROCESS_PATTERN or {DEFAULT_VLLM_PROCESS_PATTERN!r})",
+    )
+    vllm.add_argument(
+        "--load-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="a vLLM start not healthy after this long is recorded as timed_out "
+        "(default: $PAGEWARM_LOAD_TIMEOUT_SECONDS or 1800)",
+    )
+    vllm.add_argument(
+        "--poll-interval",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="how often /health and /proc are polled while vLLM loads (default: 0.1)",
+    )
+    vllm.add_argument("--model-name", default=None, help="the model label (default: from the path)")
+    keep = parser.add_argument_group("keep-warm")
+    keep.add_argument(
+        "--keep-warm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="re-warm evicted ranges while running (default: $PAGEWARM_KEEP_WARM or off)",
+    )
+    keep.add_argument(
+        "--keep-warm-interval",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between two keep-warm passes (default: 5)",
+    )
+    keep.add_argument(
+        "--mlock",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="lock the weights in memory (default: $PAGEWARM_MLOCK or off)",
+    )
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default=None, help="address (default: $PAGEWARM_HOST or 0.0.0.0)")
+    server.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="/startup, /healthz, /metrics, /status (default: $PAGEWARM_PORT or 9741)",
+    )
+    server.add_argument(
+        "--samples",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the JSONL sample store (default: $PAGEWARM_SAMPLES)",
+    )
+    add_prewarm_options(parser)
+    parser.set_defaults(func=run, settings_class=SidecarSettings)
+
+
+def settings_from(args: argparse.Namespace, settings: SidecarSettings) -> SidecarSettings:
+    """Flags win over the environment."""
+    flags: dict[str, Any] = {
+        "gate": str(args.gate) if args.gate is not None else None,
+        "gate_timeout_seconds": args.gate_timeout,
+        "vllm_health_url": args.vllm_url,
+        "vllm_log": args.vllm_log,
+        "vllm_process_pattern": args.vllm_process_pattern,
+        "load_timeout_seconds": args.load_timeout,
+        "health_poll_interval_seconds": args.poll_interval,
+        "keep_warm": args.keep_warm,
+        "keep_warm_interval_seconds": args.keep_warm_interval,
+        "mlock": args.mlock,
+        "prewarm_enabled": args.prewarm_enabled,
+        "host": args.host,
+        "port": args.port,
+        "samples": args.samples,
+        "model_name": args.model_name,
+    }
+    # Flags were checked by their argparse types (model_copy does not validate).
+    return settings.model_copy(update={k: v for k, v in flags.items() if v is not None})
+
+
+def run(args: argparse.Namespace, settings: SidecarSettings) -> int:
+    settings = settings_from(args, settings)
+    if not 0 <= settings.port <= 65535:
+        raise common.UsageError(f"--port {settings.port} is not a port (0..65535)")
+    # Fail fast on an unusable MODEL_PATH (ModelPathError, UsageError: exit status 2).
+    weight_set = common.weight_set(args, settings)
+    options, guard = options_from(args, settings)
+    model = ModelSpec(weight_set.root, settings.model_name).label
+    config = SidecarConfig(
+        weight_set=weight_set,
+        model=model,
+        settings=settings,
+        policy=GatePolicy.parse(settings.gate),
+        options=options,
+        reserve_bytes=guard.reserve_bytes,
+        memory_guard=guard.enabled,
+    )
+    log.info(
+        "sidecar starting",
+        model=model,
+        model_path=str(weight_set.root),
+        size_bytes=weight_set.total_bytes,
+        files=len(weight_set.files),
+        gate=settings.gate,
+        gate_timeout_seconds=settings.gate_timeout_seconds,
+        vllm_health_url=settings.vllm_health_url,
+        prewarm=settings.prewarm_enabled,
+        keep_warm=settings.keep_warm,
+        mlock=settings.mlock,
+        samples=str(settings.samples),
+        port=settings.port,
+    )
+    sidecar = Sidecar(config)
+    status = asyncio.run(sidecar.run())
+    if sidecar.stuck_threads:
+        # A read stuck in the kernel (a hung network filesystem) would hold the interpreter's
+        # exit forever; everything worth keeping (samples) is on disk already.
+        sys.stderr.flush()
+        os._exit(status)
+    return status

@@ -1,0 +1,153 @@
+"""The sidecar's samples, in the store's schema (``exporter.samples``), source "sidecar":
+one kind=load sample per timed vLLM start, one kind=prewarm sample per warm (as the bench
+records them, so the exporter's pagewarm_prewarm_* metrics and the alerts see them).
+
+Appends run in a thread, each one whole and fsync'd (``SampleStore``); a shutdown waits for
+the appends in flight, so SIGTERM never leaves half a sample behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from controller.bench import Setup, prewarm_fields
+from controller.prewarm import PrewarmResult
+from controller.samplestore import SampleStore
+from controller.sidecar.modes import WarmContext, label_mode
+from controller.sidecar.vllm import LoadObservation
+from exporter.samples import Sample, SampleKind
+from exporter.weightset import WeightSet
+
+log = structlog.get_logger("pagewarm")
+
+
+@dataclass(frozen=True, slots=True)
+class SampleContext:
+    """What every sample of this sidecar says about where it was taken."""
+
+    model: str
+    weight_set: WeightSet
+    setup: Setup
+    health_url: str | None = None
+    gate_policy: str | None = None
+    source: str = "sidecar"
+
+    def base(self) -> dict[str, Any]:
+        setup = self.setup
+        return {
+            "source": self.source,
+            "host": setup.host,
+            "model": self.model,
+            "model_path": str(self.weight_set.root),
+            "model_bytes": self.weight_set.total_bytes,
+            "device": setup.device,
+            "scheduler": setup.current_scheduler(),
+            "fstype": setup.fstype,
+            "kernel": setup.kernel,
+            "memory_total_bytes": setup.memory_total_bytes,
+            "read_ahead_bytes": setup.read_ahead_bytes,
+        }
+
+
+def prewarm_sample(context: SampleContext, result: PrewarmResult) -> Sample:
+    return Sample.model_validate(
+        {
+            **context.base(),
+            **prewarm_fields(result, context.weight_set),
+            "partial_reason": result.partial_reason,
+            **({"gate_policy": context.gate_policy} if context.gate_policy else {}),
+        }
+    )
+
+
+def _wall(monotonic: float) -> datetime:
+    return datetime.fromtimestamp(time.time() - (time.monotonic() - monotonic), UTC)
+
+
+def load_sample(
+    context: SampleContext,
+    observation: LoadObservation,
+    *,
+    ratio_after: float | None,
+    warm: WarmContext | None,
+    prewarm: Sample | None,
+    gate_timed_out: bool,
+) -> Sample:
+    """The sample of one vLLM start. ``warm`` is this sidecar's pre-warm when the start
+    claimed it; ``prewarm`` its sample when the warm had finished by then."""
+    start = observation.start
+    mode, verified = label_mode(start.ratio_at_start, warm)
+    link: dict[str, Any] = {}
+    if prewarm is not None:
+        link = {
+            "prewarm_seconds": prewarm.seconds,
+            "prewarm_id": prewarm.id,
+            "strategy": prewarm.strategy,
+            "threads": prewarm.threads,
+        }
+    return Sample.model_validate(
+        {
+            **context.base(),
+            **link,
+            "kind": SampleKind.LOAD,
+            "timestamp": _wall(observation.ended_monotonic),
+            "mode": mode,
+            "mode_verified": verified,
+            "loader": "vllm",
+            "target": context.health_url,
+            "seconds": observation.seconds,
+            "resident_ratio_before": start.ratio_at_start,
+            "resident_ratio_after": ratio_after,
+            "outcome": observation.outcome,
+            "error": observation.error,
+            # Extra fields (the schema keeps them): how this load was timed and labelled.
+            "timing_origin": str(start.origin),
+            "vllm_start": start.index,
+            "vllm_pid": start.process.pid if start.process else None,
+            "vllm_started_at": _wall(start.started_monotonic).isoformat(),
+            "gate_policy": context.gate_policy,
+            "gate_timed_out": gate_timed_out,
+            "prewarm_resident_ratio_before": warm.ratio_before if warm else None,
+            "prewarm_complete_before_ready": warm.complete_before_ready if warm else None,
+            **observation.log.sample_fields(observation.seconds),
+        }
+    )
+
+
+class SampleWriter:
+    """Appends samples off the event loop; ``drain()`` waits for those in flight."""
+
+    def __init__(self, store: SampleStore) -> None:
+        self.store = store
+        self._pending: set[asyncio.Future[bool]] = set()
+
+    async def append(self, sample: Sample) -> bool:
+        """True once the sample is on disk. A cancelled caller does not cancel the append:
+        it finishes in its thread, and ``drain()`` waits for it."""
+        future = asyncio.ensure_future(asyncio.to_thread(self._append, sample))
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        return await asyncio.shield(future)
+
+    def _append(self, sample: Sample) -> bool:
+        try:
+            self.store.append(sample)
+        except OSError as exc:
+            log.error(  # noqa: TRY400 - the reason is the message; a traceback adds nothing
+                "sample not recorded",
+                store=str(self.store.path),
+                error=f"{exc.strerror or exc}",
+                kind=str(sample.kind),
+            )
+            return False
+        return True
+
+    async def drain(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)

@@ -1,0 +1,138 @@
+"""Keep-warm and mlock with real evictions (posix_fadvise DONTNEED) while the sidecar runs.
+
+Residency is never asserted as exactly 1.0: these VMs run a DAMON pageout scheme that takes
+a few pages of fully resident files without memory pressure (keep-warm puts them back,
+which is also why the re-warmed byte count may exceed what a test evicted by a few pages).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from exporter.residency import ResidencyProbe
+from exporter.weightset import discover
+from tests.sidecar.conftest import Processes
+from tests.sidecar.pod import Sidecar, metric_value, start_sidecar, wait_for
+from tests.support import evict_path, require_binary, require_root
+
+MiB = 1 << 20
+
+
+def evict_range(path: Path, offset: int, length: int) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def resident_ratio(path: Path, offset: int = 0, length: int | None = None) -> float:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        length = os.fstat(fd).st_size - offset if length is None else length
+        cached = ResidencyProbe().cached_bytes(fd, offset, length)
+    finally:
+        os.close(fd)
+    assert cached is not None
+    return cached / length
+
+
+def rewarmed(sidecar: Sidecar) -> float:
+    return metric_value(sidecar.metrics(), "pagewarm_sidecar_rewarm_bytes_total") or 0.0
+
+
+def test_keep_warm_brings_back_only_what_was_evicted(
+    small_model: Path, tmp_path: Path, processes: Processes
+) -> None:
+    sidecar = processes.sidecar(
+        start_sidecar(small_model, tmp_path, "--keep-warm", "--keep-warm-interval", "0.2")
+    )
+    sidecar.probe_startup()
+    shard_a, shard_b = [f.path for f in discover(small_model).weight_files][:2]
+    wait_for(lambda: sidecar.status()["keep_warm"]["passes"] > 0, 30, "a keep-warm pass")
+
+    # A 4 MiB range in the middle of one shard: that range comes back, not the whole file.
+    before = rewarmed(sidecar)
+    evict_range(shard_a, 4 * MiB, 4 * MiB)
+    wait_for(lambda: rewarmed(sidecar) >= before + 4 * MiB, 30, "the range to be re-warmed")
+    assert resident_ratio(shard_a, 4 * MiB, 4 * MiB) > 0.95
+    # Not the whole file: the 4 MiB, plus whatever DAMON paged out meanwhile (a few pages
+    # usually; the exact count is checked in test_parts on a freshly written model).
+    assert rewarmed(sidecar) - before < shard_a.stat().st_size
+
+    # A whole shard.
+    before = rewarmed(sidecar)
+    size_b = shard_b.stat().st_size
+    evict_path(shard_b)
+    wait_for(lambda: rewarmed(sidecar) >= before + 0.9 * size_b, 30, "the shard to be re-warmed")
+    assert resident_ratio(shard_b) > 0.95
+    status = sidecar.status()["keep_warm"]
+    assert status["enabled"] is True and status["thrashing"] is False
+    assert any(e["event"] == "re-warmed evicted ranges" for e in sidecar.logs())
+    assert sidecar.terminate() == 0
+
+
+def test_keep_warm_stays_within_the_memory_budget(
+    small_model: Path, tmp_path: Path, processes: Processes
+) -> None:
+    # A reserve larger than the machine: the budget is 0, for the warm and for keep-warm.
+    env = {"PAGEWARM_PREWARM_RESERVE_BYTES": str(1 << 50)}
+    evict_path(small_model)
+    sidecar = processes.sidecar(
+        start_sidecar(small_model, tmp_path, "--keep-warm", "--keep-warm-interval", "0.2", env=env)
+    )
+    status, body = sidecar.probe_startup()[-1]
+    assert status == 200 and "memory budget reached" in body["gate"]["reason"]
+    wait_for(lambda: sidecar.status()["keep_warm"]["passes"] >= 2, 30, "keep-warm passes")
+    keep = sidecar.status()["keep_warm"]
+    assert keep["rewarm_bytes_total"] == 0
+    assert "memory budget reached" in keep["last_note"]
+    [warm] = sidecar.samples("prewarm")
+    assert warm["partial"] is True and "memory budget" in warm["partial_reason"]
+    assert sidecar.terminate() == 0
+
+
+def locked_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmLck:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmLck line")
+
+
+def test_mlock_pins_the_weights(small_model: Path, tmp_path: Path, processes: Processes) -> None:
+    require_root("the kernel lets root (CAP_IPC_LOCK) lock 64 MiB")
+    sidecar = processes.sidecar(start_sidecar(small_model, tmp_path, "--mlock"))
+    sidecar.probe_startup()
+    size = discover(small_model).total_bytes
+    wait_for(lambda: sidecar.status()["mlock"]["locked_bytes"] == size, 30, "the lock")
+    assert locked_kib(sidecar.process.pid) * 1024 >= size
+    assert metric_value(sidecar.metrics(), "pagewarm_sidecar_mlocked_bytes") == size
+    # Locked pages cannot be dropped: an eviction leaves them resident.
+    evict_path(small_model)
+    ratio = ResidencyProbe().measure(discover(small_model)).ratio
+    assert ratio is not None and ratio > 0.99
+    assert sidecar.terminate() == 0
+    assert any(e["event"] == "weights unlocked" for e in sidecar.logs())
+
+
+def test_mlock_without_ipc_lock_says_why_and_runs_on(
+    small_model: Path, tmp_path: Path, processes: Processes
+) -> None:
+    require_root("dropping CAP_IPC_LOCK from root's bounding set")
+    prlimit, setpriv = require_binary("prlimit"), require_binary("setpriv")
+    # As a pod without IPC_LOCK: no capability, and the usual 64 KiB memlock limit.
+    wrapper = [prlimit, "--memlock=65536:65536", setpriv, "--bounding-set=-ipc_lock", "--"]
+    sidecar = processes.sidecar(start_sidecar(small_model, tmp_path, "--mlock", wrapper=wrapper))
+    status, _ = sidecar.probe_startup()[-1]
+    assert status == 200
+    wait_for(lambda: sidecar.status()["mlock"]["error"], 30, "the mlock verdict")
+    mlock = sidecar.status()["mlock"]
+    assert mlock["locked_bytes"] == 0
+    assert (
+        "lacks CAP_IPC_LOCK" in mlock["error"] and "RLIMIT_MEMLOCK is 64.00 KiB" in mlock["error"]
+    )
+    assert "capabilities.add: [IPC_LOCK]" in mlock["error"]
+    assert locked_kib(sidecar.process.pid) == 0
+    assert any(e["event"] == "weights not locked in memory" for e in sidecar.logs())
+    assert sidecar.terminate() == 0
