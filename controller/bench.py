@@ -365,6 +365,7 @@ def prewarm_fields(result: PrewarmResult, weight_set: WeightSet) -> dict[str, ob
         "outcome": Outcome.FAILED if failed else Outcome.OK,
         "error": "; ".join(f"{e.path}: {e.error}" for e in result.file_errors) or None,
         "strategy": str(result.strategy),
+        "strategy_reason": result.strategy_reason,
         "threads": result.threads,
         "bytes_read": result.read_bytes,
         "throughput_bytes_per_second": result.throughput_bytes_per_second,

@@ -12,7 +12,6 @@ Strategies:
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import threading
@@ -24,9 +23,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from controller.linux.pagecache import populate_read, populate_supported
+from controller.linux.pagecache import TRUNCATED_ERRNOS, populate_supported, warm_range
 from controller.memguard import MemoryGuard
 from controller.ratelimit import RateLimiter
+from exporter.linux.hypervisor import free_page_reporting
 from exporter.residency import ModelResidency, ResidencyProbe
 from exporter.weightset import WeightFile, WeightSet
 
@@ -36,6 +36,9 @@ DEFAULT_CHUNK_BYTES = 64 * MiB
 # One syscall moves at most this much: fine-grained enough for rate limiting, cancelling
 # and progress, coarse enough that syscall overhead does not show.
 STEP_BYTES = 16 * MiB
+# The read strategy's per-thread buffer is anonymous memory, charged like the page cache:
+# kept small, and taken from the memory budget before the warm starts.
+READ_STEP_BYTES = 4 * MiB
 PAGE = os.sysconf("SC_PAGE_SIZE")
 RATE_LIMITED_STEP_BYTES = 2 * MiB
 
@@ -46,10 +49,21 @@ class Strategy(StrEnum):
     READ = "read"
 
 
+def choose_strategy(strategy: Strategy) -> tuple[Strategy, str]:
+    """The strategy to run for a requested one, and why (auto decides per machine)."""
+    if strategy is not Strategy.AUTO:
+        return strategy, "requested"
+    if not populate_supported():
+        return Strategy.READ, "MADV_POPULATE_READ needs Linux 5.14+"
+    if free_page_reporting():
+        # Populated pages would be first touched by the loader, which then pays a host
+        # fault per page; reading through the CPU takes those faults during the warm.
+        return Strategy.READ, "VM guest with free page reporting (virtio balloon)"
+    return Strategy.POPULATE, "MADV_POPULATE_READ available"
+
+
 def resolve_strategy(strategy: Strategy) -> Strategy:
-    if strategy is Strategy.AUTO:
-        return Strategy.POPULATE if populate_supported() else Strategy.READ
-    return strategy
+    return choose_strategy(strategy)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +105,7 @@ class FileError:
 class PrewarmResult:
     model_path: str
     strategy: Strategy
+    strategy_reason: str  # why auto chose it, or "requested"
     threads: int
     size_bytes: int
     resident_before_bytes: int | None  # None: residency could not be measured truthfully
@@ -116,6 +131,7 @@ class PrewarmResult:
         return {
             "model_path": self.model_path,
             "strategy": str(self.strategy),
+            "strategy_reason": self.strategy_reason,
             "threads": self.threads,
             "size_bytes": self.size_bytes,
             "resident_before_bytes": self.resident_before_bytes,
@@ -176,20 +192,31 @@ class _Run:
         cancel: threading.Event,
     ) -> None:
         self.options = options
-        self.strategy = resolve_strategy(options.strategy)
+        self.strategy, self.strategy_reason = choose_strategy(options.strategy)
         self.probe = probe
         self.guard = guard
         self.progress = progress
         self.on_progress = on_progress
         self.cancel = cancel
         self.limiter = RateLimiter(options.rate_limit_bytes_per_second)
-        self.step = RATE_LIMITED_STEP_BYTES if options.rate_limit_bytes_per_second else STEP_BYTES
+        if options.rate_limit_bytes_per_second:
+            self.step = RATE_LIMITED_STEP_BYTES
+        else:
+            self.step = READ_STEP_BYTES if self.strategy is Strategy.READ else STEP_BYTES
+        self.threads = self._threads_within_budget(max(1, options.threads))
         self.lock = threading.Lock()
         self.errors: list[FileError] = []
         self.stop_reason: str | None = None
         self.skipped_bytes = 0
         self._pending_files = list(reversed(weight_set.files))
         self._current: _OpenFile | None = None
+
+    def _threads_within_budget(self, wanted: int) -> int:
+        """Fewer readers when the budget cannot also hold their buffers (read strategy)."""
+        if self.strategy is not Strategy.READ:
+            return wanted
+        granted = self.guard.grant_up_to(wanted * self.step)
+        return max(1, min(wanted, granted // self.step))
 
     # Everything named *_locked runs with self.lock held.
     def _error_locked(self, path: Path, error: str) -> None:
@@ -309,7 +336,7 @@ class _Run:
             self.limiter.acquire(round(length * share), self.cancel)
             if not self._resident(chunk, offset, length):
                 try:
-                    self._touch(chunk.file.fd, offset, length, buffer)
+                    warm_range(chunk.file.fd, offset, length, buffer)
                 except OSError as exc:
                     self._file_broke(chunk.file, exc)
                     break
@@ -319,20 +346,8 @@ class _Run:
         read = brought_in if done == length_to_warm else brought_in * done // max(1, length_to_warm)
         self._account(read=read, skipped=done - read if done >= read else 0)
 
-    def _touch(self, fd: int, offset: int, length: int, buffer: bytearray | None) -> None:
-        if buffer is None:
-            populate_read(fd, offset, length)
-            return
-        view = memoryview(buffer)[:length]
-        while view:
-            n = os.preadv(fd, [view], offset)
-            if n == 0:
-                raise OSError(errno.EFAULT, "file shrank while being read")
-            view = view[n:]
-            offset += n
-
     def _file_broke(self, opened: _OpenFile, exc: OSError) -> None:
-        if exc.errno in (errno.EFAULT, errno.ENOMEM, errno.EINVAL):
+        if exc.errno in TRUNCATED_ERRNOS:
             reason = "truncated during the warm"
         else:
             reason = f"read failed: {exc.strerror or exc}"
@@ -382,9 +397,9 @@ def prewarm(
         cancel=cancel,
     )
     started = time.perf_counter()
-    with ThreadPoolExecutor(max(1, options.threads), thread_name_prefix="prewarm") as pool:
+    with ThreadPoolExecutor(run.threads, thread_name_prefix="prewarm") as pool:
         try:
-            for future in [pool.submit(run.worker) for _ in range(max(1, options.threads))]:
+            for future in [pool.submit(run.worker) for _ in range(run.threads)]:
                 future.result()
         finally:
             run.close_remaining()
@@ -393,7 +408,8 @@ def prewarm(
     return PrewarmResult(
         model_path=str(weight_set.root),
         strategy=run.strategy,
-        threads=options.threads,
+        strategy_reason=run.strategy_reason,
+        threads=run.threads,
         size_bytes=weight_set.total_bytes,
         resident_before_bytes=before.cached_bytes,
         read_bytes=progress.read_bytes,

@@ -162,7 +162,8 @@ def report(result: PrewarmResult, *, as_json: bool) -> None:
         f"{format_bytes(result.skipped_resident_bytes)} already resident",
         f"resident after: {format_bytes(result.after.cached_bytes)} of "
         f"{format_bytes(result.size_bytes)} ({format_ratio(result.after.ratio)}, {trust})",
-        f"strategy {result.strategy}, {result.threads} threads, memory budget {budget}",
+        f"strategy {result.strategy} ({result.strategy_reason}), {result.threads} threads, "
+        f"memory budget {budget}",
     ]
     if result.partial:
         lines.append(f"PARTIAL: {result.partial_reason}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from functools import cache
 
@@ -9,6 +10,9 @@ from exporter.linux.libc import libc, mapped, page_size, raise_errno
 
 # Linux 5.14+. Python 3.11's mmap module lacks the constant; the value is fixed in the ABI.
 MADV_POPULATE_READ = 22
+# How a range of a file that was truncated meanwhile fails: madvise gives EFAULT (or ENOMEM
+# past the mapping), a read gives 0 bytes, reported as EFAULT by read_through.
+TRUNCATED_ERRNOS = frozenset({errno.EFAULT, errno.ENOMEM, errno.EINVAL})
 
 
 def populate_read(fd: int, offset: int, length: int) -> None:
@@ -19,6 +23,27 @@ def populate_read(fd: int, offset: int, length: int) -> None:
     with mapped(fd, offset, length) as addr:
         if libc().madvise(addr, length, MADV_POPULATE_READ) != 0:
             raise_errno("madvise(MADV_POPULATE_READ)")
+
+
+def read_through(fd: int, offset: int, length: int, buffer: bytearray) -> None:
+    """Read [offset, offset+length) into ``buffer`` (at least ``length`` bytes, reused by
+    the caller): the bytes pass through the CPU, which matters on some VMs (see
+    exporter.linux.hypervisor)."""
+    view = memoryview(buffer)[:length]
+    while view:
+        n = os.preadv(fd, [view], offset)
+        if n == 0:
+            raise OSError(errno.EFAULT, "file shrank while being read")
+        view = view[n:]
+        offset += n
+
+
+def warm_range(fd: int, offset: int, length: int, buffer: bytearray | None) -> None:
+    """Bring a range into the page cache: populate without a buffer, read through with one."""
+    if buffer is None:
+        populate_read(fd, offset, length)
+    else:
+        read_through(fd, offset, length, buffer)
 
 
 @cache

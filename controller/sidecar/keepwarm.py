@@ -16,14 +16,14 @@ so keep-warm backs off (longer intervals) and says so, until a pass finds little
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
 from dataclasses import dataclass
 
-from controller.linux.pagecache import populate_read, populate_supported
+from controller.linux.pagecache import TRUNCATED_ERRNOS, warm_range
 from controller.memguard import MemoryGuard
+from controller.prewarm import Strategy, resolve_strategy
 from controller.ratelimit import RateLimiter
 from exporter.linux import cachestat
 from exporter.linux.files import open_regular
@@ -83,8 +83,10 @@ class KeepWarm:
         self.memory_guard = memory_guard
         self.cancel = cancel
         self.thrashing = False
-        self._populate = populate_supported()
-        self._buffer = bytearray(MAX_RANGE_BYTES) if not self._populate else None
+        # The same choice as the pre-warm's auto strategy (see controller.prewarm).
+        self._buffer = (
+            bytearray(MAX_RANGE_BYTES) if resolve_strategy(Strategy.AUTO) is Strategy.READ else None
+        )
         self._last_rewarmed = 0
 
     def run_pass(self) -> PassResult:
@@ -154,9 +156,9 @@ class KeepWarm:
             if self.cancel.is_set():
                 break
             try:
-                self._touch(fd, rng.offset, rng.length)
+                warm_range(fd, rng.offset, rng.length, self._buffer)
             except OSError as exc:
-                if exc.errno in (errno.EFAULT, errno.ENOMEM, errno.EINVAL):
+                if exc.errno in TRUNCATED_ERRNOS:
                     break  # truncated meanwhile: the next pass sees its new size
                 raise
             rewarmed += rng.missing
@@ -184,17 +186,6 @@ class KeepWarm:
             else:
                 ranges.append(_Range(offset, length, length - cached))
         return ranges
-
-    def _touch(self, fd: int, offset: int, length: int) -> None:
-        if self._buffer is None:
-            populate_read(fd, offset, length)
-            return
-        view = memoryview(self._buffer)[:length]
-        while view:
-            n = os.preadv(fd, [view], offset)
-            if n == 0:
-                raise OSError(errno.EFAULT, "file shrank while being read")
-            view, offset = view[n:], offset + n
 
     def adapt(self, result: PassResult) -> None:
         """Back off while what the last pass brought back is evicted again, recently."""

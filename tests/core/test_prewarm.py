@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from controller.memguard import MemoryGuard
-from controller.prewarm import PrewarmOptions, PrewarmProgress, Strategy, prewarm
+from controller.prewarm import (
+    READ_STEP_BYTES,
+    PrewarmOptions,
+    PrewarmProgress,
+    Strategy,
+    prewarm,
+)
 from exporter.linux.blockdev import storage_for_path
 from exporter.linux.memcg import find_memory_cgroup
 from exporter.residency import ResidencyProbe
@@ -78,18 +84,28 @@ def test_progress_reaches_the_total(small_model: Path) -> None:
     assert progress.fraction == 1.0
 
 
-def test_budget_stops_the_warm_in_load_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("strategy", "buffers"),
+    [(Strategy.POPULATE, 0), (Strategy.READ, READ_STEP_BYTES)],
+    ids=["populate", "read-buffer-from-the-budget"],
+)
+def test_budget_stops_the_warm_in_load_order(
+    tmp_path: Path, strategy: Strategy, buffers: int
+) -> None:
     model = _model(tmp_path, 4, 8 * MiB)
     guard = MemoryGuard(reserve_bytes=0)
     guard.start = guard.start.__class__(12 * MiB, None, 0)  # a node with 12 MiB to spare
-    result = prewarm(discover(model), PrewarmOptions(threads=1, chunk_bytes=2 * MiB), guard=guard)
+    options = PrewarmOptions(strategy=strategy, threads=1, chunk_bytes=2 * MiB)
+    result = prewarm(discover(model), options, guard=guard)
     assert result.partial
     assert "memory budget reached" in (result.partial_reason or "")
     ratios = [f.ratio for f in result.after.files]
     assert ratios[0] == 1.0
-    assert ratios[1] > 0  # the budget's last 4 MiB went to the second shard...
-    assert ratios[2:] == [0.0, 0.0]  # ...and nothing past it, in load order
-    assert result.read_bytes == 12 * MiB
+    # The budget's last bytes went to the second shard (unless the read strategy's buffer
+    # took them), and nothing past it: in load order.
+    assert (ratios[1] > 0) is (buffers == 0)
+    assert ratios[2:] == [0.0, 0.0]
+    assert result.read_bytes == 12 * MiB - buffers
     # The kernel's readahead may round the last read up by one readahead window.
     storage = storage_for_path(model)
     window = max([d.read_ahead_bytes or 0 for d in storage.devices] + [0]) if storage else 0
