@@ -550,7 +550,7 @@ def _scheduler_section(samples: Sequence[Sample]) -> list[str]:
             "| scheduler | cold median s | cold n | warm median s | warm n |",
             "|" + " --- |" * 5,
         ]
-        medians: dict[str, float] = {}
+        cold: dict[str, Stats] = {}
         for name in schedulers:
             cells = [name]
             for mode in (Mode.COLD, Mode.WARM):
@@ -558,20 +558,34 @@ def _scheduler_section(samples: Sequence[Sample]) -> list[str]:
                 stats = Stats.of(values)
                 cells += [f"{stats.median:.3f}" if stats else "-", str(len(values))]
                 if mode is Mode.COLD and stats:
-                    medians[name] = stats.median
+                    cold[name] = stats
             lines.append("| " + " | ".join(cells) + " |")
-        if len(medians) >= 2:
-            best = min(medians, key=lambda n: medians[n])
-            worst = max(medians, key=lambda n: medians[n])
-            gap = medians[worst] - medians[best]
-            lines += [
-                "",
-                f"Cold loads were fastest under **{best}** ({_s(medians[best])}), "
-                f"{_s(gap)} ({_pct(gap / medians[worst] if medians[worst] else 0)}) faster "
-                f"than under {worst}.",
-            ]
+        if len(cold) >= 2:
+            lines += ["", _scheduler_verdict(cold)]
     lines.append("")
     return lines
+
+
+def _scheduler_verdict(cold: dict[str, Stats]) -> str:
+    """Which scheduler loaded cold fastest, unless the runs say the difference is noise."""
+    best = min(cold, key=lambda n: cold[n].median)
+    worst = max(cold, key=lambda n: cold[n].median)
+    gap = cold[worst].median - cold[best].median
+    share = _pct(gap / cold[worst].median if cold[worst].median else 0)
+    if cold[best].max >= cold[worst].min:
+        # The slowest run under the "best" scheduler is slower than the fastest under the
+        # "worst": the ranges overlap, and a median gap of that size is run-to-run noise.
+        return (
+            f"No measurable difference between schedulers for cold loads: the medians differ "
+            f"by {_s(gap)} ({share}) and the runs' ranges overlap "
+            f"({best} {_s(cold[best].min)}-{_s(cold[best].max)}, "
+            f"{worst} {_s(cold[worst].min)}-{_s(cold[worst].max)})."
+        )
+    return (
+        f"Cold loads were fastest under **{best}** ({_s(cold[best].median)}), "
+        f"{_s(gap)} ({share}) faster than under {worst}, every run of it faster than every "
+        f"run under {worst}."
+    )
 
 
 def _prewarm_runs_section(samples: Sequence[Sample]) -> list[str]:
@@ -675,7 +689,10 @@ def render_markdown(samples: Sequence[Sample], *, plot: str | None, source: str)
 
 
 def write_plot(samples: Sequence[Sample], path: Path) -> bool:
-    """Load time per mode (and scheduler / pre-warm variant); False when nothing to plot."""
+    """Load time per mode (and scheduler / pre-warm variant); False when nothing to plot.
+
+    Horizontal: a bench with several pre-warm variants and schedulers has a dozen groups,
+    whose names only stay readable along the y axis."""
     groups = {k: ok_seconds(v) for k, v in group_loads(samples).items()}
     groups = {k: v for k, v in groups.items() if v}
     if not groups:
@@ -689,31 +706,41 @@ def write_plot(samples: Sequence[Sample], path: Path) -> bool:
     several_schedulers = len({k.scheduler for k in groups}) > 1
     labels = []
     for key in groups:
-        label = key.label
+        parts = [key.model] if several_models else []
+        parts.append(key.label.replace("\n", " "))
         if several_schedulers:
-            label += f"\n{key.scheduler}"
-        if several_models:
-            label = f"{key.model}\n{label}"
-        labels.append(label)
+            parts.append(key.scheduler)
+        labels.append(" · ".join(parts))
     found = comparisons(samples)
-    fig, axes = plt.subplots(1, 2 if found else 1, figsize=(13 if found else 8, 5), squeeze=False)
-    ax = axes[0][0]
-    data = list(groups.values())
-    ax.boxplot(data, showfliers=False)
-    ax.set_xticks(range(1, len(labels) + 1), labels, rotation=20, ha="right", fontsize=8)
-    for index, values in enumerate(data, 1):
-        offsets = [index + (j - (len(values) - 1) / 2) * 0.04 for j in range(len(values))]
-        ax.scatter(offsets, values, s=14, alpha=0.7, zorder=3)
-    ax.set_ylabel("load seconds")
-    ax.set_ylim(bottom=0)
-    ax.set_title("Load time per mode")
-    ax.grid(axis="y", alpha=0.3)
+    bars = sum(3 if c.warm is not None else 2 for c in found)
+    heights = [1.2 + 0.38 * len(groups)] + ([1.2 + 0.3 * bars] if found else [])
+    fig, axes = plt.subplots(
+        len(heights),
+        1,
+        figsize=(10, sum(heights)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
+    _plot_load_times(axes[0][0], labels, list(groups.values()))
     if found:
-        _plot_time_to_ready(axes[0][1], found)
+        _plot_time_to_ready(axes[1][0], found)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _plot_load_times(ax: Any, labels: list[str], data: list[list[float]]) -> None:
+    positions = list(range(len(labels), 0, -1))  # the first group on top
+    ax.boxplot(data, positions=positions, orientation="horizontal", showfliers=False)
+    for position, values in zip(positions, data, strict=True):
+        offsets = [position + (j - (len(values) - 1) / 2) * 0.06 for j in range(len(values))]
+        ax.scatter(values, offsets, s=14, alpha=0.7, zorder=3)
+    ax.set_yticks(positions, labels, fontsize=8)
+    ax.set_xlabel("load seconds")
+    ax.set_xlim(left=0)
+    ax.set_title("Load time per mode (every run)")
+    ax.grid(axis="x", alpha=0.3)
 
 
 def _plot_time_to_ready(ax: Any, found: list[Comparison]) -> None:
@@ -721,7 +748,7 @@ def _plot_time_to_ready(ax: Any, found: list[Comparison]) -> None:
     loads: list[float] = []
     prewarms: list[float] = []
     for c in found:
-        prefix = f"{c.variant}\n" if len(found) > 1 else ""
+        prefix = f"{c.variant} · " if len(found) > 1 else ""
         names += [f"{prefix}cold", f"{prefix}pre-warm + load"]
         loads += [c.cold.median, c.prewarm_cold.median]
         prewarms += [0.0, c.prewarm_cost.median]
@@ -729,14 +756,14 @@ def _plot_time_to_ready(ax: Any, found: list[Comparison]) -> None:
             names.append(f"{prefix}warm")
             loads.append(c.warm.median)
             prewarms.append(0.0)
-    positions = list(range(len(names)))
-    ax.bar(positions, prewarms, color="#f4a261", label="pre-warm")
-    ax.bar(positions, loads, bottom=prewarms, color="#2a9d8f", label="load")
-    ax.set_xticks(positions, names, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("seconds (medians)")
-    ax.set_title("Time to ready: pre-warm before the start vs none")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
+    positions = list(range(len(names), 0, -1))
+    ax.barh(positions, prewarms, color="#f4a261", label="pre-warm")
+    ax.barh(positions, loads, left=prewarms, color="#2a9d8f", label="load")
+    ax.set_yticks(positions, names, fontsize=8)
+    ax.set_xlabel("seconds (medians)")
+    ax.set_title("Time to ready when the pre-warm runs before the start")
+    ax.legend(loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
 
 
 # The report directory -----------------------------------------------------------------------

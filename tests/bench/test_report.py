@@ -259,6 +259,22 @@ def test_mismatches_schedulers_and_reruns_that_lose_nothing(tmp_path: Path) -> N
     assert len(_rows(paths.csv)) == 1 + len(first) + len(second)
 
 
+def test_a_scheduler_gap_inside_the_run_to_run_spread_is_not_a_winner(tmp_path: Path) -> None:
+    clock = Clock()
+    common = {"prewarm_cold": [], "prewarm_cost": [], "prewarm_warm": [], "warm_cost": 0.1}
+    samples = _samples([11.2, 11.6, 11.9], warm=[2.8], clock=clock, **common)  # type: ignore[arg-type]
+    samples += _samples(
+        [11.4, 11.7, 11.8],
+        warm=[2.9],
+        scheduler="none",
+        clock=clock,
+        **common,  # type: ignore[arg-type]
+    )
+    md = write_report(tmp_path, samples, source="noise").markdown.read_text()
+    assert "No measurable difference between schedulers for cold loads" in md
+    assert "fastest under" not in md
+
+
 def test_report_cli_filters_and_keeps_earlier_samples(tmp_path: Path) -> None:
     store_a, store_b, out = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "out"
     a = _samples(
