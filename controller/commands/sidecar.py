@@ -76,6 +76,7 @@ examples:
   pagewarm sidecar /models/llama-3-8b --gate ratio:0.8 --gate-timeout 300
   pagewarm sidecar /models/llama-3-8b --gate none --keep-warm --vllm-log /logs/vllm.log
   MODEL_PATH=/models/llama-3-8b PAGEWARM_GATE=full pagewarm sidecar --mlock
+  pagewarm sidecar /models/llama-3-8b --vllm-url none --gate none --keep-warm   # no vLLM
   curl -s localhost:9741/status | jq .gate
 
 settings (environment): MODEL_PATH, PAGEWARM_GATE, PAGEWARM_GATE_TIMEOUT_SECONDS,
@@ -149,7 +150,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         metavar="URL",
         help="vLLM's health URL (default: $PAGEWARM_VLLM_HEALTH_URL or "
-        "http://127.0.0.1:8000/health)",
+        "http://127.0.0.1:8000/health); 'none': no vLLM to time (keep-warm or metrics only)",
     )
     vllm.add_argument(
         "--vllm-log", type=Path, default=None, metavar="FILE", help="vLLM's log file (optional)"

@@ -116,23 +116,30 @@ class Sidecar:
             health_url=settings.vllm_health_url,
             gate_policy=str(self.config.policy),
         )
-        watcher = self._watcher()
+        # No health URL: nothing to time (a keep-warm or metrics-only sidecar).
+        watcher = self._watcher() if settings.vllm_health_url else None
         server_stop = asyncio.Event()
         server = asyncio.create_task(self._serve(server_stop), name="server")
         warm = asyncio.create_task(self._warm(), name="warm")
         gate = asyncio.create_task(self._gate_loop(), name="gate")
-        watch = asyncio.create_task(watcher.run(), name="vllm")
+        watch = asyncio.create_task(
+            watcher.run() if watcher is not None else self._until_stopped(), name="vllm"
+        )
         stopped = asyncio.create_task(self._stop.wait())
         await asyncio.wait({server, stopped, watch}, return_when=asyncio.FIRST_COMPLETED)
         status = self._exit_status(server, watch)
         await self._shutdown(warm, [gate, watch, stopped])
-        await watcher.close()
+        if watcher is not None:
+            await watcher.close()
         server_stop.set()
         with contextlib.suppress(OSError, asyncio.CancelledError):
             await server
         self._executor.shutdown(wait=not self.stuck_threads)
         log.info("sidecar stopped", exit_status=status)
         return status
+
+    async def _until_stopped(self) -> None:
+        await self._stop.wait()
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("signal received: stopping", signal=sig.name)

@@ -35,7 +35,8 @@ class SidecarSettings(BenchSettings, ExporterSettings):
         description="The gate opens after this long whatever the warm's progress (and says so).",
     )
     vllm_health_url: str = Field(
-        default=DEFAULT_VLLM_HEALTH_URL, description="Polled until it answers 200."
+        default=DEFAULT_VLLM_HEALTH_URL,
+        description="Polled until it answers 200; '' or 'none': vLLM is not timed.",
     )
     vllm_log: Path | None = Field(
         default=None, description="vLLM's log file, for its 'Model loading took ...' lines."
@@ -59,6 +60,11 @@ class SidecarSettings(BenchSettings, ExporterSettings):
     @classmethod
     def _valid_gate(cls, value: str) -> str:
         return str(GatePolicy.parse(value))
+
+    @field_validator("vllm_health_url")
+    @classmethod
+    def _no_url(cls, value: str) -> str:
+        return "" if value.strip().lower() in ("", "none") else value
 
     @field_validator("vllm_process_pattern")
     @classmethod

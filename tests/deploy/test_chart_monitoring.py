@@ -48,6 +48,34 @@ def test_prometheus_rule_passes_promtool(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_expected_schedulers_and_runbook_base_are_the_fleets_own(tmp_path: Path) -> None:
+    promtool = require_binary("promtool")
+    rule = chart.render(
+        [chart.values_file("monitoring-on")],
+        {
+            "monitoring.prometheusRule.expectedSchedulers": ["none", "mq-deadline"],
+            "monitoring.prometheusRule.runbookBaseUrl": "https://runbooks.example.com/pagewarm/",
+        },
+    ).one("PrometheusRule")
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    (expected,) = [r for r in rules if r.get("record") == "pagewarm:io_scheduler_expected:info"]
+    assert expected["expr"].count("label_replace") == 2
+    assert '"mq-deadline"' in expected["expr"]
+    urls = {r["annotations"]["runbook_url"] for r in rules if "alert" in r}
+    assert urls
+    assert all(u.startswith("https://runbooks.example.com/pagewarm/Pagewarm") for u in urls)
+    extracted = tmp_path / "rules.yml"
+    extracted.write_text(yaml.safe_dump(rule["spec"]))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(extracted)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_dashboards_are_the_repository_dashboards() -> None:
     files = sorted(chart.DASHBOARDS_DIR.glob("*.json"))
     assert files, f"no dashboards in {chart.DASHBOARDS_DIR}: the chart ships grafana/*.json"

@@ -136,3 +136,31 @@ def test_mlock_without_ipc_lock_says_why_and_runs_on(
     assert locked_kib(sidecar.process.pid) == 0
     assert any(e["event"] == "weights not locked in memory" for e in sidecar.logs())
     assert sidecar.terminate() == 0
+
+
+def test_keep_warm_without_a_vllm_to_time(
+    small_model: Path, tmp_path: Path, processes: Processes
+) -> None:
+    """--vllm-url none: a sidecar that only keeps a model warm (and exports) records no
+    load samples and never waits for a server that is not there."""
+    sidecar = processes.sidecar(
+        start_sidecar(
+            small_model,
+            tmp_path,
+            "--vllm-url",
+            "none",
+            "--gate",
+            "none",
+            "--keep-warm",
+            "--keep-warm-interval",
+            "0.2",
+        )
+    )
+    sidecar.probe_startup()
+    shard = discover(small_model).weight_files[0].path
+    wait_for(lambda: sidecar.status()["keep_warm"]["passes"] > 0, 30, "a keep-warm pass")
+    evict_path(shard)
+    wait_for(lambda: resident_ratio(shard) > 0.95, 30, "the evicted shard to come back")
+    assert sidecar.terminate() == 0
+    kinds = {s["kind"] for s in sidecar.samples()}
+    assert "load" not in kinds
