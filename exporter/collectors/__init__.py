@@ -62,9 +62,8 @@ def build_collector_set(
 ) -> CollectorSet:
     """Every built-in collector for ``models``, then ``extra_collectors``."""
     settings = settings or ExporterSettings()
-    scanner = ModelScanner(
-        ModelSources.of(models), settings.weight_patterns, settings.metadata_patterns
-    )
+    sources = ModelSources.of(models)
+    scanner = ModelScanner(sources, settings.weight_patterns, settings.metadata_patterns)
     return CollectorSet(
         scanner,
         DiscoveryCollector(),
@@ -76,7 +75,9 @@ def build_collector_set(
         ],
         collectors=[
             MemoryCollector(),
-            SamplesCollector(settings.samples),
+            # Models named in the configuration get their load series from the start; the
+            # ones a models-dir holds appear with their first sample.
+            SamplesCollector(settings.samples, [m.label for m in sources.models]),
             SelfCollector(),
             *extra_collectors,
         ],

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from prometheus_client.core import Metric
 
 from exporter.collectors.base import counter, gauge, histogram
 from exporter.models import label_value
-from exporter.samples import Outcome, Sample, SampleKind, SampleReader
+from exporter.samples import Mode, Outcome, Sample, SampleKind, SampleReader
 
 LOAD_BUCKETS: tuple[float, ...] = (
     1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900, 1200, 1800,
@@ -37,6 +37,8 @@ LOAD_BUCKETS: tuple[float, ...] = (
 # A pre-warm of a model that is already resident takes well under a second.
 PREWARM_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, *LOAD_BUCKETS)
 PREWARM_OUTCOMES = ("ok", "partial", "failed")
+# The modes a load of a configured model starts from; their series exist from the start.
+EXPECTED_LOAD_MODES = (Mode.COLD, Mode.WARM, Mode.PREWARM_COLD, Mode.PREWARM_WARM)
 # Ids remembered to count a sample once when a rotation hands it to us again.
 SEEN_IDS_LIMIT = 65536
 # The store is folded this many bytes (some fifty samples) at a time, so that a large
@@ -98,6 +100,18 @@ class SampleState:
     last_prewarms: dict[str, Last] = field(default_factory=dict)
     rejected: int = 0  # valid JSON, but a duration no histogram can take
 
+    def expect(self, model: str) -> None:
+        """Zero series for a configured model before its first sample: rate() and
+        increase() see a load only when a scrape saw the series before it, and a pod's
+        first load (the cold start that matters) is usually its only one."""
+        for mode in EXPECTED_LOAD_MODES:
+            self.load_histograms.setdefault((model, mode.value), Histogram(LOAD_BUCKETS))
+            for outcome in Outcome:
+                self.loads.setdefault((model, mode.value, outcome.value), 0)
+        self.prewarm_histograms.setdefault(model, Histogram(PREWARM_BUCKETS))
+        for name in PREWARM_OUTCOMES:
+            self.prewarm_runs.setdefault((model, name), 0)
+
     def add(self, sample: Sample) -> None:
         if not math.isfinite(sample.seconds) or sample.seconds < 0:
             self.rejected += 1
@@ -139,9 +153,11 @@ class SampleState:
 class SamplesCollector:
     name = "samples"
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, expected_models: Iterable[str] = ()) -> None:
         self.reader = SampleReader(store)
         self.state = SampleState()
+        for model in expected_models:
+            self.state.expect(label_value(model))
         self._seen: OrderedDict[str, None] = OrderedDict()
         # One collection at a time in the exporter, but a registry may be shared.
         self._lock = threading.Lock()

@@ -93,7 +93,13 @@ def test_prometheus_sees_residency_follow_prewarm_and_eviction(
         # Load samples: two ok loads in the histogram, the failed one only in the counter.
         count = 'pagewarm_load_duration_seconds_count{model="small",mode="cold"}'
         assert prom.wait_for_value(count, lambda v: v == 2) == 2
-        assert prom.value('pagewarm_load_duration_seconds_bucket{model="small",le="5.0"}') == 1
+        assert (
+            prom.value('pagewarm_load_duration_seconds_bucket{model="small",mode="cold",le="5.0"}')
+            == 1
+        )
+        # A configured model's other modes exist at zero before their first load, so that
+        # rate() counts that first load (a pod's cold start is often its only one).
+        assert prom.value('pagewarm_load_duration_seconds_count{model="small",mode="warm"}') == 0
         assert prom.value('pagewarm_loads_total{model="small",mode="cold",outcome="failed"}') == 1
         # A sample appended while the exporter runs is read incrementally.
         _append(store, _load(1.5, mode=Mode.PREWARM_COLD))
