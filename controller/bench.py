@@ -81,10 +81,13 @@ class BenchError(Exception):
 # Mode derivation ----------------------------------------------------------------------------
 
 
-def mode_for_ratio(ratio: float) -> Mode:
-    if ratio <= COLD_MAX_RATIO:
+def mode_for_ratio(
+    ratio: float, *, cold_max: float = COLD_MAX_RATIO, warm_min: float = WARM_MIN_RATIO
+) -> Mode:
+    """The cache state a residency ratio stands for (the sidecar passes its own warm_min)."""
+    if ratio <= cold_max:
         return Mode.COLD
-    if ratio >= WARM_MIN_RATIO:
+    if ratio >= warm_min:
         return Mode.WARM
     return Mode.PARTIAL
 

@@ -54,6 +54,18 @@ def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 
+def add_samples(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "") -> None:
+    """--samples FILE: the JSONL sample store (default: the ``samples`` setting)."""
+    parser.add_argument(
+        "--samples",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=f"the JSONL sample store{what} (default: $PAGEWARM_SAMPLES or "
+        "~/.local/state/pagewarm/samples.jsonl)",
+    )
+
+
 def size_arg(text: str) -> int:
     try:
         return parse_size(text)

@@ -81,13 +81,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="port to listen on, 0 for any free one (default: $PAGEWARM_PORT or 9741)",
     )
-    parser.add_argument(
-        "--samples",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="the JSONL sample store to read load times from (default: $PAGEWARM_SAMPLES)",
-    )
+    common.add_samples(parser, " to read load times from")
     parser.add_argument(
         "--file-series-limit",
         type=int,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
-from pathlib import Path
 from types import FrameType
 
 import structlog
@@ -13,8 +12,8 @@ from pydantic import Field
 
 from controller.bench import BenchSettings, Setup
 from controller.commands import common
-from controller.commands.prewarm import add_prewarm_options, options_from, report
-from controller.prewarm import PrewarmResult, prewarm
+from controller.commands.prewarm import add_prewarm_options, prewarm_with_progress, report
+from controller.prewarm import PrewarmResult
 from controller.samplestore import SampleStore
 from controller.sidecar.record import SampleContext, prewarm_sample
 from exporter.models import ModelSpec
@@ -63,13 +62,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="the model label in the sample (default: $PAGEWARM_MODEL_NAME or from the path)",
     )
-    parser.add_argument(
-        "--samples",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="the JSONL sample store (default: $PAGEWARM_SAMPLES)",
-    )
+    common.add_samples(parser)
     add_prewarm_options(parser)
     common.add_json(parser)
     parser.set_defaults(func=run, settings_class=InitSettings)
@@ -77,7 +70,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace, settings: InitSettings) -> int:
     weight_set = common.weight_set(args, settings)
-    options, guard = options_from(args, settings)
     cancel = threading.Event()
 
     def terminated(signum: int, frame: FrameType | None) -> None:
@@ -86,15 +78,7 @@ def run(args: argparse.Namespace, settings: InitSettings) -> int:
 
     previous = signal.signal(signal.SIGTERM, terminated)
     try:
-        with common.progress("prewarm", weight_set.total_bytes) as update:
-            result = prewarm(
-                weight_set,
-                options,
-                probe=common.probe(settings),
-                guard=guard,
-                on_progress=lambda p: update(p.done_bytes),
-                cancel=cancel,
-            )
+        result = prewarm_with_progress(weight_set, args, settings, cancel)
     finally:
         signal.signal(signal.SIGTERM, previous)
     _record(args, settings, weight_set, result)

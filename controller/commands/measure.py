@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from controller.bench import BenchError, BenchSettings, LoadTarget, Measurer, Setup
 from controller.commands import common
@@ -65,13 +64,7 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
         "(default: $PAGEWARM_LOAD_TIMEOUT_SECONDS or 1800)",
     )
     group.add_argument("--model-name", help="the model's name in samples (default: from the path)")
-    group.add_argument(
-        "--samples",
-        type=Path,
-        default=None,
-        help="the sample store (default: $PAGEWARM_SAMPLES or "
-        "~/.local/state/pagewarm/samples.jsonl)",
-    )
+    common.add_samples(group)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import threading
 from typing import TypeVar
 
 import structlog
@@ -12,6 +13,7 @@ from controller.memguard import MemoryGuard
 from controller.prewarm import PrewarmOptions, PrewarmResult, Strategy, prewarm
 from controller.settings import ControllerSettings
 from controller.units import format_bytes, format_rate, format_ratio
+from exporter.weightset import WeightSet
 
 log = structlog.get_logger("pagewarm")
 
@@ -123,18 +125,29 @@ def options_from(
 
 
 def run(args: argparse.Namespace, settings: ControllerSettings) -> int:
-    weight_set = common.weight_set(args, settings)
+    result = prewarm_with_progress(common.weight_set(args, settings), args, settings)
+    report(result, as_json=args.json)
+    return 1 if result.file_errors else 0
+
+
+def prewarm_with_progress(
+    weight_set: WeightSet,
+    args: argparse.Namespace,
+    settings: ControllerSettings,
+    cancel: threading.Event | None = None,
+) -> PrewarmResult:
+    """The engine as the commands run it: options from flags and settings, a progress bar
+    on a terminal (progress logs otherwise)."""
     options, guard = options_from(args, settings)
     with common.progress("prewarm", weight_set.total_bytes) as update:
-        result = prewarm(
+        return prewarm(
             weight_set,
             options,
             probe=common.probe(settings),
             guard=guard,
             on_progress=lambda p: update(p.done_bytes),
+            cancel=cancel,
         )
-    report(result, as_json=args.json)
-    return 1 if result.file_errors else 0
 
 
 def report(result: PrewarmResult, *, as_json: bool) -> None:

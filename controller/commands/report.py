@@ -50,13 +50,7 @@ def since_arg(text: str) -> datetime:
 
 
 def add_filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--samples",
-        type=Path,
-        default=None,
-        help="the sample store (default: $PAGEWARM_SAMPLES or "
-        "~/.local/state/pagewarm/samples.jsonl)",
-    )
+    common.add_samples(parser)
     parser.add_argument("--model", help="only this model's samples")
     parser.add_argument(
         "--since", type=since_arg, help="only samples since then (ISO time, or an age: 12h, 2d)"

@@ -11,11 +11,12 @@ from typing import Any
 
 import structlog
 
+from controller.bench import COLD_MAX_RATIO
 from controller.commands import common
 from controller.commands.prewarm import add_prewarm_options, options_from
 from controller.sidecar.app import Sidecar, SidecarConfig
 from controller.sidecar.gate import GATE_EXAMPLES, GatePolicy
-from controller.sidecar.modes import COLD_MAX_RATIO, WARM_MIN_RATIO
+from controller.sidecar.modes import WARM_MIN_RATIO
 from controller.sidecar.settings import DEFAULT_VLLM_PROCESS_PATTERN, SidecarSettings
 from controller.sidecar.vllm import compile_pattern
 from exporter.models import ModelSpec
@@ -207,13 +208,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="/startup, /healthz, /metrics, /status (default: $PAGEWARM_PORT or 9741)",
     )
-    server.add_argument(
-        "--samples",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="the JSONL sample store (default: $PAGEWARM_SAMPLES)",
-    )
+    common.add_samples(server)
     add_prewarm_options(parser)
     parser.set_defaults(func=run, settings_class=SidecarSettings)
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from controller.bench import COLD_MAX_RATIO
+from controller.bench import mode_for_ratio as bench_mode_for_ratio
 from exporter.samples import Mode
 
-# At most 2% resident: a cold start (what a few metadata reads or read-ahead leave behind).
-COLD_MAX_RATIO = 0.02
 # At least 95% resident: a warm start. Lower than the bench's 98% on purpose: the sidecar
 # measures at vLLM's start, seconds to minutes after the warm or the last load, and these
 # VMs (like many hosts) run a DAMON pageout scheme that takes a few "cold" pages of a fully
@@ -33,11 +33,7 @@ WARM_MIN_RATIO = 0.95
 
 
 def mode_for_ratio(ratio: float) -> Mode:
-    if ratio <= COLD_MAX_RATIO:
-        return Mode.COLD
-    if ratio >= WARM_MIN_RATIO:
-        return Mode.WARM
-    return Mode.PARTIAL
+    return bench_mode_for_ratio(ratio, cold_max=COLD_MAX_RATIO, warm_min=WARM_MIN_RATIO)
 
 
 @dataclass(frozen=True, slots=True)
