@@ -33,11 +33,10 @@ def test_prometheus_rule_is_the_repository_rules_file() -> None:
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
-def test_prometheus_rule_passes_promtool(tmp_path: Path) -> None:
+def promtool_check_rules(spec: dict[str, object], tmp_path: Path) -> None:
     promtool = require_binary("promtool")
-    rule = monitoring_on().one("PrometheusRule")
     extracted = tmp_path / "rules.yml"
-    extracted.write_text(yaml.safe_dump(rule["spec"]))
+    extracted.write_text(yaml.safe_dump(spec))
     result = subprocess.run(
         [promtool, "check", "rules", str(extracted)],
         capture_output=True,
@@ -48,8 +47,11 @@ def test_prometheus_rule_passes_promtool(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_prometheus_rule_passes_promtool(tmp_path: Path) -> None:
+    promtool_check_rules(monitoring_on().one("PrometheusRule")["spec"], tmp_path)
+
+
 def test_expected_schedulers_and_runbook_base_are_the_fleets_own(tmp_path: Path) -> None:
-    promtool = require_binary("promtool")
     rule = chart.render(
         [chart.values_file("monitoring-on")],
         {
@@ -64,16 +66,7 @@ def test_expected_schedulers_and_runbook_base_are_the_fleets_own(tmp_path: Path)
     urls = {r["annotations"]["runbook_url"] for r in rules if "alert" in r}
     assert urls
     assert all(u.startswith("https://runbooks.example.com/pagewarm/Pagewarm") for u in urls)
-    extracted = tmp_path / "rules.yml"
-    extracted.write_text(yaml.safe_dump(rule["spec"]))
-    result = subprocess.run(
-        [promtool, "check", "rules", str(extracted)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    promtool_check_rules(rule["spec"], tmp_path)
 
 
 def test_dashboards_are_the_repository_dashboards() -> None:
