@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controller.commands.evict import evict
+from controller.evict import evict
 from controller.prewarm import PrewarmOptions, Strategy, prewarm
 from controller.synth import synth
 from controller.units import parse_size

@@ -46,7 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controller.commands.evict import evict
+from controller.evict import evict
 from controller.prewarm import prewarm
 from controller.synth import synth
 from controller.units import parse_size

@@ -12,8 +12,8 @@ Strategies:
 
 from __future__ import annotations
 
+import contextlib
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -26,11 +26,12 @@ from typing import Any
 from controller.linux.pagecache import TRUNCATED_ERRNOS, populate_supported, warm_range
 from controller.memguard import MemoryGuard
 from controller.ratelimit import RateLimiter
+from controller.units import MiB
+from exporter.linux.files import NotRegularFileError, open_regular
 from exporter.linux.hypervisor import free_page_reporting
 from exporter.residency import ModelResidency, ResidencyProbe
 from exporter.weightset import WeightFile, WeightSet
 
-MiB = 1 << 20
 DEFAULT_THREADS = 8
 DEFAULT_CHUNK_BYTES = 64 * MiB
 # One syscall moves at most this much: fine-grained enough for rate limiting, cancelling
@@ -153,9 +154,16 @@ class PrewarmResult:
 class _OpenFile:
     """A file being warmed: closed when every chunk has been handed out and finished."""
 
-    def __init__(self, wf: WeightFile, fd: int, missing_by_chunk: dict[int, int]) -> None:
+    def __init__(
+        self,
+        wf: WeightFile,
+        fd: int,
+        closer: contextlib.ExitStack,
+        missing_by_chunk: dict[int, int],
+    ) -> None:
         self.wf = wf
         self.fd = fd
+        self.closer = closer
         self.size = os.fstat(fd).st_size
         self.next_offset = 0
         self.in_flight = 0
@@ -225,18 +233,17 @@ class _Run:
     def _open_next_locked(self) -> _OpenFile | None:
         while self._pending_files:
             wf = self._pending_files.pop()
+            closer = contextlib.ExitStack()  # the file stays open across chunks and threads
             try:
-                fd = os.open(wf.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                fd = closer.enter_context(open_regular(wf.path))
+            except NotRegularFileError:
+                error = "no longer a regular file"
             except OSError as exc:
-                self._error_locked(wf.path, f"cannot open: {exc.strerror or exc}")
-                self.progress.files_done += 1
-                continue
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                self._error_locked(wf.path, "no longer a regular file")
-                self.progress.files_done += 1
-                continue
-            return _OpenFile(wf, fd, self._missing_by_chunk(fd))
+                error = f"cannot open: {exc.strerror or exc}"
+            else:
+                return _OpenFile(wf, fd, closer, self._missing_by_chunk(fd))
+            self._error_locked(wf.path, error)
+            self.progress.files_done += 1
         return None
 
     def _missing_by_chunk(self, fd: int) -> dict[int, int]:
@@ -249,7 +256,7 @@ class _Run:
         return missing
 
     def _finish_locked(self, opened: _OpenFile) -> None:
-        os.close(opened.fd)
+        opened.closer.close()
         self.progress.files_done += 1
         if opened.failed:
             self._error_locked(opened.wf.path, opened.failed)

@@ -12,12 +12,14 @@ once its newline is.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from controller.linux.durable import fsync_directory, write_all
 from exporter.samples import Sample, read_all
 
 # Tests only: pause this many seconds after writing the first half of a line, so that a
@@ -51,7 +53,10 @@ class SampleStore:
         finally:
             os.close(fd)  # releases the lock
         if created:
-            _fsync_directory(self.path.parent)
+            # The new store's directory entry too. Best effort: the samples themselves are
+            # fsync'd, and some filesystems refuse to open or fsync a directory.
+            with contextlib.suppress(OSError):
+                fsync_directory(self.path.parent)
 
     def _append_locked(self, fd: int, line: bytes) -> None:
         if _ends_torn(fd):
@@ -61,7 +66,7 @@ class SampleStore:
         if pause:
             _write_half_then_pause(fd, line, float(pause))
         else:
-            _write_all(fd, line)
+            write_all(fd, line)
         os.fsync(fd)
 
     def read(self) -> list[Sample]:
@@ -73,30 +78,12 @@ def _ends_torn(fd: int) -> bool:
     return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _write_half_then_pause(fd: int, line: bytes, seconds: float) -> None:
     half = len(line) // 2
-    _write_all(fd, line[:half])
+    write_all(fd, line[:half])
     os.fsync(fd)
     marker = os.environ.get(TEST_MID_WRITE_MARKER_ENV)
     if marker:
         Path(marker).touch()
     time.sleep(seconds)
-    _write_all(fd, line[half:])
-
-
-def _fsync_directory(path: Path) -> None:
-    """Make a newly created store's directory entry durable too."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_all(fd, line[half:])

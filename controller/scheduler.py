@@ -9,7 +9,8 @@ journal written before the first switch: `pagewarm scheduler restore` reads it. 
 left behind blocks the next experiment until it has been restored, so the "original"
 recorded is never an experiment's leftover.
 
-The sysfs root is a setting (PAGEWARM_SYSFS_ROOT): tests point it at a tree they control.
+The sysfs root is a setting (PAGEWARM_SYSFS_ROOT, ``controller.settings.SchedulerSettings``):
+tests point it at a tree they control.
 """
 
 from __future__ import annotations
@@ -26,30 +27,13 @@ from types import FrameType
 from typing import Any
 
 import structlog
-from pydantic import Field
 
-from controller.settings import ControllerSettings
+from controller.linux.durable import write_atomically
 from exporter.linux.blockdev import SYSFS, Storage, parse_scheduler
 
 log = structlog.get_logger("pagewarm")
 
 RESTORE_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-
-def default_journal_path() -> Path:
-    """$XDG_STATE_HOME/pagewarm/scheduler-journal.json (~/.local/state/... when unset)."""
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "pagewarm" / "scheduler-journal.json"
-
-
-class SchedulerSettings(ControllerSettings):
-    sysfs_root: Path = Field(
-        default=SYSFS, description="Where sysfs is mounted (tests point it at a fake tree)."
-    )
-    scheduler_journal: Path = Field(
-        default_factory=default_journal_path,
-        description="Records the original I/O schedulers while an experiment runs.",
-    )
 
 
 class SchedulerError(Exception):
@@ -172,25 +156,8 @@ def read_journal(path: Path) -> Journal | None:
 
 
 def write_journal(path: Path, journal: Journal) -> None:
-    """Atomically, durably: written to a temporary name, fsync'd, renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, journal.to_json().encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Atomically, durably (the journal is what a crash leaves to restore from)."""
+    write_atomically(path, journal.to_json().encode(), mode=0o600)
 
 
 def _pid_alive(pid: int) -> bool:

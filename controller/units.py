@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+MiB = 1 << 20
 _UNITS = {
     "": 1,
     "b": 1,

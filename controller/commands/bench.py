@@ -15,7 +15,6 @@ from controller.bench import (
     Bench,
     BenchConfig,
     BenchError,
-    BenchSettings,
     Variant,
 )
 from controller.commands import common
@@ -24,6 +23,7 @@ from controller.commands.prewarm import add_prewarm_options, options_from
 from controller.prewarm import resolve_strategy
 from controller.report import headline, write_report
 from controller.scheduler import SchedulerError, TerminatedError
+from controller.settings import BenchSettings
 from exporter.samples import Mode
 
 log = structlog.get_logger("pagewarm")

@@ -8,16 +8,16 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from controller.units import format_rate, parse_size
 from exporter.residency import ResidencyProbe
-from exporter.settings import CommonSettings
+from exporter.settings import CommonSettings, ExporterSettings
 from exporter.weightset import WeightSet, discover
 
 log = structlog.get_logger("pagewarm")
@@ -71,6 +71,22 @@ def size_arg(text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+ServerSettingsT = TypeVar("ServerSettingsT", bound=ExporterSettings)
+
+
+def server_settings(
+    args: argparse.Namespace, settings: ServerSettingsT, flags: Mapping[str, object]
+) -> ServerSettingsT:
+    """A server command's settings: its ``flags`` and the shared --host, --port and
+    --samples win over the environment, where given (not None). The flags were checked by
+    their argparse types, the port's range here (model_copy does not validate)."""
+    given = {"host": args.host, "port": args.port, "samples": args.samples, **flags}
+    applied = settings.model_copy(update={k: v for k, v in given.items() if v is not None})
+    if not 0 <= applied.port <= 65535:
+        raise UsageError(f"--port {applied.port} is not a port (0..65535)")
+    return applied
 
 
 def model_path(args: argparse.Namespace, settings: CommonSettings) -> Path:

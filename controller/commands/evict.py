@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import time
-from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
 from controller.commands import common
-from controller.linux.pagecache import drop
+from controller.evict import evict
 from controller.units import format_bytes, format_ratio
-from exporter.linux.files import open_regular
-from exporter.residency import ModelResidency, ResidencyProbe
 from exporter.settings import CommonSettings
-from exporter.weightset import WeightSet
 
 log = structlog.get_logger("pagewarm")
 
@@ -31,40 +25,6 @@ examples:
   pagewarm evict /models/llama-3-8b
   pagewarm evict /models/llama-3-8b --json
 """
-
-
-@dataclass(frozen=True, slots=True)
-class EvictResult:
-    before: ModelResidency
-    after: ModelResidency
-    seconds: float
-    errors: tuple[tuple[str, str], ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model_path": str(self.before.weight_set.root),
-            "size_bytes": self.before.size_bytes,
-            "resident_before_bytes": self.before.cached_bytes,
-            "resident_after_bytes": self.after.cached_bytes,
-            "resident_after_ratio": self.after.ratio,
-            "trusted": self.after.trusted,
-            "seconds": round(self.seconds, 6),
-            "errors": [{"path": p, "error": e} for p, e in self.errors],
-        }
-
-
-def evict(weight_set: WeightSet, probe: ResidencyProbe) -> EvictResult:
-    before = probe.measure(weight_set)
-    started = time.perf_counter()
-    errors = []
-    for f in weight_set.files:
-        try:
-            with open_regular(f.path) as fd:
-                drop(fd)
-        except OSError as exc:
-            errors.append((str(f.path), exc.strerror or str(exc)))
-    seconds = time.perf_counter() - started
-    return EvictResult(before, probe.measure(weight_set), seconds, tuple(errors))
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

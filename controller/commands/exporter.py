@@ -118,20 +118,12 @@ def sources_from(args: argparse.Namespace, settings: ExporterSettings) -> ModelS
 
 def settings_from(args: argparse.Namespace, settings: ExporterSettings) -> ExporterSettings:
     """Flags win over the environment."""
-    flags = {
-        "host": args.host,
-        "port": args.port,
-        "samples": args.samples,
-        "file_series_limit": args.file_series_limit,
-    }
-    return settings.model_copy(update={k: v for k, v in flags.items() if v is not None})
+    return common.server_settings(args, settings, {"file_series_limit": args.file_series_limit})
 
 
 def run(args: argparse.Namespace, settings: ExporterSettings) -> int:
     sources = sources_from(args, settings)
     settings = settings_from(args, settings)
-    if not 0 <= settings.port <= 65535:
-        raise common.UsageError(f"--port {settings.port} is not a port (0..65535)")
     log.info(
         "exporter starting",
         models=[str(m.path) for m in sources.models],

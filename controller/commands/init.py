@@ -10,11 +10,12 @@ from types import FrameType
 import structlog
 from pydantic import Field
 
-from controller.bench import BenchSettings, Setup
 from controller.commands import common
 from controller.commands.prewarm import add_prewarm_options, prewarm_with_progress, report
 from controller.prewarm import PrewarmResult
 from controller.samplestore import SampleStore
+from controller.sampling import SampleHeader, Setup
+from controller.settings import BenchSettings
 from controller.sidecar.record import SampleContext, prewarm_sample
 from exporter.models import ModelSpec
 from exporter.weightset import WeightSet
@@ -94,10 +95,12 @@ def _record(
     """A pre-warm sample; a store that cannot be written (read-only root filesystem without
     a state volume) costs the sample, never the warm."""
     context = SampleContext(
-        model=ModelSpec(weight_set.root, args.model_name or settings.model_name).label,
-        weight_set=weight_set,
-        setup=Setup.detect(weight_set.root, settings.sysfs_root),
-        source="init",
+        SampleHeader(
+            source="init",
+            model=ModelSpec(weight_set.root, args.model_name or settings.model_name).label,
+            weight_set=weight_set,
+            setup=Setup.detect(weight_set.root, settings.sysfs_root),
+        )
     )
     store = SampleStore(args.samples or settings.samples)
     try:

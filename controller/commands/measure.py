@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from controller.bench import BenchError, BenchSettings, LoadTarget, Measurer, Setup
 from controller.commands import common
-from controller.commands.evict import evict
 from controller.commands.prewarm import add_prewarm_options, options_from
+from controller.evict import evict
 from controller.loaders import LOADERS
+from controller.measure import LoadTarget, MeasureError, Measurer
 from controller.samplestore import SampleStore
+from controller.sampling import ModeError, SampleHeader, Setup
+from controller.settings import BenchSettings
 from controller.units import format_ratio
 from exporter.samples import Mode, Sample
 from exporter.weightset import WeightSet, model_name_for_path
@@ -102,20 +104,22 @@ def build_measurer(
     command = tuple(getattr(args, "command", None) or ())
     try:
         target = LoadTarget.build(args.loader, args.url, command)
-    except BenchError as exc:
+    except MeasureError as exc:
         raise common.UsageError(str(exc)) from None
     timeout = args.timeout if args.timeout is not None else settings.load_timeout_seconds
     if timeout <= 0:
         raise common.UsageError("--timeout must be positive")
     return Measurer(
-        weight_set=weight_set,
-        model=args.model_name or model_name_for_path(common.model_path(args, settings)),
+        header=SampleHeader(
+            source=source,
+            model=args.model_name or model_name_for_path(common.model_path(args, settings)),
+            weight_set=weight_set,
+            setup=Setup.detect(weight_set.root, settings.sysfs_root),
+        ),
         target=target,
         probe=common.probe(settings),
         store=SampleStore(args.samples or settings.samples),
-        setup=Setup.detect(weight_set.root, settings.sysfs_root),
         timeout=timeout,
-        source=source,
     )
 
 
@@ -130,10 +134,9 @@ def run(args: argparse.Namespace, settings: BenchSettings) -> int:
         with common.progress("prewarm", weight_set.total_bytes) as update:
             prewarm_sample = measurer.prewarm(options, guard, on_progress=update)
     with common.progress("load", weight_set.total_bytes) as update:
-        measurer.on_progress = update
         try:
-            sample = measurer.measure(args.mode, prewarm_sample=prewarm_sample)
-        except BenchError as exc:
+            sample = measurer.measure(args.mode, prewarm_sample=prewarm_sample, on_progress=update)
+        except ModeError as exc:
             raise common.UsageError(str(exc)) from None
     print_sample(sample, prewarm_sample, as_json=args.json, store=str(measurer.store.path))
     return 0 if sample.outcome == "ok" else 1

@@ -8,12 +8,12 @@ from pathlib import Path
 from controller.commands import common
 from controller.scheduler import (
     SchedulerError,
-    SchedulerSettings,
     read_journal,
     restore_from_journal,
     scheduler_files,
     why_not_switchable,
 )
+from controller.settings import SchedulerSettings
 from exporter.linux.blockdev import storage_for_path
 
 DESCRIPTION = """\

@@ -11,13 +11,16 @@ from typing import Any
 
 import structlog
 
-from controller.bench import COLD_MAX_RATIO
 from controller.commands import common
 from controller.commands.prewarm import add_prewarm_options, options_from
-from controller.sidecar.app import Sidecar, SidecarConfig
+from controller.sampling import SIDECAR_THRESHOLDS
+from controller.sidecar.app import Sidecar
 from controller.sidecar.gate import GATE_EXAMPLES, GatePolicy
-from controller.sidecar.modes import WARM_MIN_RATIO
-from controller.sidecar.settings import DEFAULT_VLLM_PROCESS_PATTERN, SidecarSettings
+from controller.sidecar.settings import (
+    DEFAULT_VLLM_PROCESS_PATTERN,
+    SidecarConfig,
+    SidecarSettings,
+)
 from controller.sidecar.vllm import compile_pattern
 from exporter.models import ModelSpec
 
@@ -39,8 +42,8 @@ Always, whose startupProbe holds vLLM back). One process, one port:
      the pod from starting. A warm that fails also opens it.
   3. times every vLLM start until --vllm-url answers 200 and records a load sample
      (source "sidecar") in the sample store, labelled by the residency at vLLM's start:
-       cold          at most {COLD_MAX_RATIO:.0%} resident, and no pre-warm
-       warm          at least {WARM_MIN_RATIO:.0%} resident without this sidecar's warm
+       cold          at most {SIDECAR_THRESHOLDS.cold_max:.0%} resident, and no pre-warm
+       warm          at least {SIDECAR_THRESHOLDS.warm_min:.0%} resident without this sidecar's warm
        prewarm_cold  this sidecar's warm brought the weights in
        prewarm_warm  they were already resident when the warm started
        partial       anything else (the ratio is in the sample), or residency unknown
@@ -227,19 +230,13 @@ def settings_from(args: argparse.Namespace, settings: SidecarSettings) -> Sideca
         "keep_warm_interval_seconds": args.keep_warm_interval,
         "mlock": args.mlock,
         "prewarm_enabled": args.prewarm_enabled,
-        "host": args.host,
-        "port": args.port,
-        "samples": args.samples,
         "model_name": args.model_name,
     }
-    # Flags were checked by their argparse types (model_copy does not validate).
-    return settings.model_copy(update={k: v for k, v in flags.items() if v is not None})
+    return common.server_settings(args, settings, flags)
 
 
 def run(args: argparse.Namespace, settings: SidecarSettings) -> int:
     settings = settings_from(args, settings)
-    if not 0 <= settings.port <= 65535:
-        raise common.UsageError(f"--port {settings.port} is not a port (0..65535)")
     # Fail fast on an unusable MODEL_PATH (ModelPathError, UsageError: exit status 2).
     weight_set = common.weight_set(args, settings)
     options, guard = options_from(args, settings)

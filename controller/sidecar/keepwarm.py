@@ -25,12 +25,12 @@ from controller.linux.pagecache import TRUNCATED_ERRNOS, warm_range
 from controller.memguard import MemoryGuard
 from controller.prewarm import Strategy, resolve_strategy
 from controller.ratelimit import RateLimiter
+from controller.units import MiB
 from exporter.linux import cachestat
 from exporter.linux.files import open_regular
 from exporter.residency import Method, ResidencyProbe
 from exporter.weightset import WeightSet
 
-MiB = 1 << 20
 # Eviction is found at this granularity (one cachestat per window of a file that lost pages).
 WINDOW_BYTES = 2 * MiB
 # One re-warm step at most: the rate limit and a cancel act between steps.

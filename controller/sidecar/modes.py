@@ -6,8 +6,11 @@ it and no earlier start has claimed that warm: after a crash, the next start fin
 weights resident because of the last load, not because of the warm; and a sidecar that the
 kubelet restarted while vLLM was serving warmed for that vLLM, not for its next start.
 
-- ``cold``: no pre-warm, residency at most COLD_MAX_RATIO;
-- ``warm``: no pre-warm, residency at least WARM_MIN_RATIO (an earlier load or keep-warm);
+The thresholds are ``SIDECAR_THRESHOLDS`` (``controller.sampling`` says why they differ
+from the bench's):
+
+- ``cold``: no pre-warm, residency at most ``cold_max``;
+- ``warm``: no pre-warm, residency at least ``warm_min`` (an earlier load or keep-warm);
 - ``prewarm_cold``: the warm started from a cold cache and brought the weights in: they were
   resident at vLLM's start, or the warm completed before vLLM answered (gate none: the
   overlap is the point);
@@ -21,19 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controller.bench import COLD_MAX_RATIO
-from controller.bench import mode_for_ratio as bench_mode_for_ratio
+from controller.sampling import SIDECAR_THRESHOLDS, mode_for_ratio
 from exporter.samples import Mode
-
-# At least 95% resident: a warm start. Lower than the bench's 98% on purpose: the sidecar
-# measures at vLLM's start, seconds to minutes after the warm or the last load, and these
-# VMs (like many hosts) run a DAMON pageout scheme that takes a few "cold" pages of a fully
-# resident model without any memory pressure; keep-warm brings them back.
-WARM_MIN_RATIO = 0.95
-
-
-def mode_for_ratio(ratio: float) -> Mode:
-    return bench_mode_for_ratio(ratio, cold_max=COLD_MAX_RATIO, warm_min=WARM_MIN_RATIO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +41,11 @@ def label_mode(ratio_at_start: float | None, warm: WarmContext | None) -> tuple[
     if ratio_at_start is None:
         return Mode.PARTIAL, None
     if warm is None:
-        return mode_for_ratio(ratio_at_start), True
+        return mode_for_ratio(ratio_at_start, SIDECAR_THRESHOLDS), True
     if warm.ratio_before is None:
         return Mode.PARTIAL, None
-    resident_for_vllm = ratio_at_start >= WARM_MIN_RATIO or warm.complete_before_ready
-    before = mode_for_ratio(warm.ratio_before)
+    resident_for_vllm = ratio_at_start >= SIDECAR_THRESHOLDS.warm_min or warm.complete_before_ready
+    before = mode_for_ratio(warm.ratio_before, SIDECAR_THRESHOLDS)
     if not resident_for_vllm or before is Mode.PARTIAL:
         return Mode.PARTIAL, True
     return (Mode.PREWARM_COLD if before is Mode.COLD else Mode.PREWARM_WARM), True

@@ -12,17 +12,15 @@ import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 
-from controller.bench import Setup, prewarm_fields
 from controller.prewarm import PrewarmResult
 from controller.samplestore import SampleStore
+from controller.sampling import SampleHeader, prewarm_link
 from controller.sidecar.modes import WarmContext, label_mode
 from controller.sidecar.vllm import LoadObservation
 from exporter.samples import Sample, SampleKind
-from exporter.weightset import WeightSet
 
 log = structlog.get_logger("pagewarm")
 
@@ -31,38 +29,18 @@ log = structlog.get_logger("pagewarm")
 class SampleContext:
     """What every sample of this sidecar says about where it was taken."""
 
-    model: str
-    weight_set: WeightSet
-    setup: Setup
+    header: SampleHeader
     health_url: str | None = None
     gate_policy: str | None = None
-    source: str = "sidecar"
-
-    def base(self) -> dict[str, Any]:
-        setup = self.setup
-        return {
-            "source": self.source,
-            "host": setup.host,
-            "model": self.model,
-            "model_path": str(self.weight_set.root),
-            "model_bytes": self.weight_set.total_bytes,
-            "device": setup.device,
-            "scheduler": setup.current_scheduler(),
-            "fstype": setup.fstype,
-            "kernel": setup.kernel,
-            "memory_total_bytes": setup.memory_total_bytes,
-            "read_ahead_bytes": setup.read_ahead_bytes,
-        }
 
 
 def prewarm_sample(context: SampleContext, result: PrewarmResult) -> Sample:
-    return Sample.model_validate(
+    return context.header.prewarm_sample(
+        result,
         {
-            **context.base(),
-            **prewarm_fields(result, context.weight_set),
             "partial_reason": result.partial_reason,
             **({"gate_policy": context.gate_policy} if context.gate_policy else {}),
-        }
+        },
     )
 
 
@@ -83,18 +61,9 @@ def load_sample(
     claimed it; ``prewarm`` its sample when the warm had finished by then."""
     start = observation.start
     mode, verified = label_mode(start.ratio_at_start, warm)
-    link: dict[str, Any] = {}
-    if prewarm is not None:
-        link = {
-            "prewarm_seconds": prewarm.seconds,
-            "prewarm_id": prewarm.id,
-            "strategy": prewarm.strategy,
-            "threads": prewarm.threads,
-        }
-    return Sample.model_validate(
+    return context.header.sample(
         {
-            **context.base(),
-            **link,
+            **prewarm_link(prewarm),
             "kind": SampleKind.LOAD,
             "timestamp": _wall(observation.ended_monotonic),
             "mode": mode,

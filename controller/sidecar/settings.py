@@ -1,4 +1,5 @@
-"""Settings of `pagewarm sidecar` (PAGEWARM_* environment variables; flags win over them).
+"""Settings of `pagewarm sidecar` (PAGEWARM_* environment variables; flags win over them),
+and the configuration of one run resolved from them (``SidecarConfig``).
 
 The sidecar serves the exporter's metrics (``ExporterSettings``: host, port, samples, ...)
 and pre-warms and times loads (``BenchSettings``: pre-warm engine, load timeout, sysfs).
@@ -6,14 +7,18 @@ and pre-warms and times loads (``BenchSettings``: pre-warm engine, load timeout,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from controller.bench import BenchSettings
+from controller.prewarm import PrewarmOptions
+from controller.settings import BenchSettings
 from controller.sidecar.gate import GatePolicy
 from controller.sidecar.vllm import compile_pattern
+from controller.units import MiB
 from exporter.settings import ExporterSettings
+from exporter.weightset import WeightSet
 
 DEFAULT_VLLM_HEALTH_URL = "http://127.0.0.1:8000/health"
 # `vllm serve ...`, `/usr/bin/vllm serve ...`, `python -m vllm.entrypoints.openai.api_server`;
@@ -22,7 +27,6 @@ DEFAULT_VLLM_HEALTH_URL = "http://127.0.0.1:8000/health"
 DEFAULT_VLLM_PROCESS_PATTERN = r"(^|[\s/])vllm(\s|$)|\bvllm\.entrypoints\b"
 # The chart's default startupProbe allows this plus a grace period.
 DEFAULT_GATE_TIMEOUT_SECONDS = 900.0
-MiB = 1 << 20
 
 
 class SidecarSettings(BenchSettings, ExporterSettings):
@@ -71,3 +75,16 @@ class SidecarSettings(BenchSettings, ExporterSettings):
     def _valid_pattern(cls, value: str) -> str:
         compile_pattern(value)
         return value
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarConfig:
+    """One sidecar run: the settings with the flags applied, and what they resolve to."""
+
+    weight_set: WeightSet
+    model: str
+    settings: SidecarSettings
+    policy: GatePolicy
+    options: PrewarmOptions
+    reserve_bytes: int
+    memory_guard: bool

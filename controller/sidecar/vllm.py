@@ -14,44 +14,36 @@ includes the kubelet's probe period and container start), and later restarts sho
 start is unknown (a figure that cannot be trusted is not published).
 
 The load ends when /health answers 200. An optional vLLM log file is read for the lines
-that split weight loading from the rest of the start; their wording varies by version:
-
-- ``Model loading took 14.9888 GiB and 5.123456 seconds`` (v0.6.4+, V1 engine)
-- ``Loading model weights took 12.5523 GB`` (older: memory only)
-- ``Loading weights took 3.45 seconds`` (the weight loader itself, v0.7+)
+that split weight loading from the rest of the start (``controller.sidecar.vllm_log``).
+The /proc reader is a Linux primitive of its own (``exporter.linux.proc``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from pathlib import Path
-from typing import Any
 
 import aiohttp
 import structlog
 
 from controller.sidecar.state import VllmPhase, VllmState
+from controller.sidecar.vllm_log import LogFacts, LogTail
 from controller.timing import PROBE_TIMEOUT_SECONDS
+from exporter.linux.proc import ProcessFinder, ProcessInfo
 from exporter.samples import Outcome
 
 log = structlog.get_logger("pagewarm")
 
-PROC = Path("/proc")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # While nothing is loading, /proc and /health are looked at this often.
 IDLE_INTERVAL_SECONDS = 0.5
 # After a load, this many failed /health probes in a row mean vLLM is gone (where its
 # process cannot be seen).
 HEALTH_LOST_AFTER_FAILURES = 3
-# Log lines longer than this are not vLLM's timing lines: skipped, never buffered whole.
-MAX_LOG_LINE_BYTES = 64 << 10
 
 
 class TimingOrigin(StrEnum):
@@ -69,247 +61,6 @@ def compile_pattern(text: str) -> re.Pattern[str] | None:
         raise ValueError(
             f"vLLM process pattern {text!r} is not a regular expression: {exc}"
         ) from None
-
-
-# /proc -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessInfo:
-    pid: int
-    ppid: int
-    state: str
-    start_ticks: int  # clock ticks after boot
-    cmdline: str
-
-    def age_seconds(self) -> float:
-        return time.clock_gettime(time.CLOCK_BOOTTIME) - self.start_ticks / CLOCK_TICKS
-
-    def started_monotonic(self) -> float:
-        return time.monotonic() - self.age_seconds()
-
-    def started_wall(self) -> float:
-        return time.time() - self.age_seconds()
-
-
-def read_stat(pid: int, proc: Path = PROC) -> tuple[int, str, int] | None:
-    """(ppid, state, start ticks) of a process, None when it is gone."""
-    try:
-        raw = (proc / str(pid) / "stat").read_bytes()
-    except OSError:
-        return None
-    # The command name in parentheses may hold spaces and parentheses: split at the last.
-    fields = raw.rpartition(b")")[2].split()
-    try:
-        return int(fields[1]), fields[0].decode(), int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def read_cmdline(pid: int, proc: Path = PROC) -> str:
-    try:
-        raw = (proc / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
-
-
-def own_lineage(proc: Path = PROC) -> frozenset[int]:
-    """This process and its ancestors."""
-    lineage = {os.getpid()}
-    pid = os.getppid()
-    while pid > 0 and pid not in lineage:
-        lineage.add(pid)
-        stat = read_stat(pid, proc)
-        pid = stat[0] if stat is not None else 0
-    return frozenset(lineage)
-
-
-class ProcessFinder:
-    """Finds vLLM's processes in /proc by their command line (blocking, cheap: one small
-    read per process, the command line only for processes not seen before)."""
-
-    def __init__(self, pattern: re.Pattern[str], proc: Path = PROC) -> None:
-        self.pattern = pattern
-        self.proc = proc
-        # Never ourselves nor a process we run under: a wrapper's command line (`timeout`,
-        # `sh -c`) repeats our arguments, the pattern included.
-        self.excluded = own_lineage(proc)
-        # pid -> (start ticks, matches): a pid reused by a new process has new start ticks.
-        self._known: dict[int, tuple[int, bool]] = {}
-
-    def scan(self) -> list[ProcessInfo]:
-        """Live processes that match and whose parent does not, oldest first."""
-        try:
-            pids = [int(entry.name) for entry in self.proc.iterdir() if entry.name.isdigit()]
-        except OSError:
-            return []
-        infos: dict[int, ProcessInfo] = {}
-        known: dict[int, tuple[int, bool]] = {}
-        for pid in pids:
-            stat = read_stat(pid, self.proc)
-            if stat is None or pid in self.excluded:
-                continue
-            ppid, state, ticks = stat
-            previous = self._known.get(pid)
-            if previous is not None and previous[0] == ticks:
-                matches, cmdline = previous[1], ""
-            else:
-                cmdline = read_cmdline(pid, self.proc)
-                matches = bool(cmdline) and self.pattern.search(cmdline) is not None
-            known[pid] = (ticks, matches)
-            if matches and state not in ("Z", "X"):
-                infos[pid] = ProcessInfo(pid, ppid, state, ticks, cmdline)
-        self._known = known
-        roots = [p for p in infos.values() if p.ppid not in infos]
-        return sorted(roots, key=lambda p: (p.start_ticks, p.pid))
-
-    def alive(self, process: ProcessInfo) -> bool:
-        stat = read_stat(process.pid, self.proc)
-        return stat is not None and stat[2] == process.start_ticks and stat[1] not in ("Z", "X")
-
-
-# The log ------------------------------------------------------------------------------------
-
-_NUMBER = r"(\d+(?:\.\d+)?)"
-_MODEL_LOADING = re.compile(
-    rf"(?:Model loading|Loading model weights) took\s+{_NUMBER}\s*(GiB|GB)"
-    rf"(?:\s+memory)?(?:\s*(?:and|,)\s*{_NUMBER}\s*s(?:ec(?:ond)?s?)?\b)?",
-    re.IGNORECASE,
-)
-_WEIGHTS_LOADING = re.compile(
-    rf"Loading weights took\s+{_NUMBER}\s*s(?:ec(?:ond)?s?)?\b", re.IGNORECASE
-)
-
-
-@dataclass(frozen=True, slots=True)
-class LogFacts:
-    """What vLLM's log said about one start (the largest figure where several workers,
-    tensor-parallel ranks, each log their own)."""
-
-    model_load_seconds: float | None = None  # "Model loading took X GiB and Y seconds"
-    model_memory_gib: float | None = None
-    weights_seconds: float | None = None  # "Loading weights took Y seconds"
-
-    def merge(self, other: LogFacts) -> LogFacts:
-        return LogFacts(
-            _larger(self.model_load_seconds, other.model_load_seconds),
-            _larger(self.model_memory_gib, other.model_memory_gib),
-            _larger(self.weights_seconds, other.weights_seconds),
-        )
-
-    @property
-    def empty(self) -> bool:
-        return self == LogFacts()
-
-    @property
-    def weight_loading_seconds(self) -> float | None:
-        """The weight-reading part of the start: the loader's own figure where it logs one,
-        else the model load (weights plus model construction)."""
-        return self.weights_seconds if self.weights_seconds is not None else self.model_load_seconds
-
-    def sample_fields(self, total_seconds: float) -> dict[str, Any]:
-        weights = self.weight_loading_seconds
-        return {
-            "vllm_model_load_seconds": self.model_load_seconds,
-            "vllm_model_memory_gib": self.model_memory_gib,
-            "vllm_weights_seconds": weights,
-            # The rest of the start: imports, CUDA init, compile, KV cache, the server.
-            "vllm_other_seconds": None if weights is None else max(0.0, total_seconds - weights),
-        }
-
-
-def _larger(a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    return a if b is None else max(a, b)
-
-
-def parse_log_line(line: str) -> LogFacts | None:
-    """The timing facts in one line of vLLM's log, or None."""
-    if match := _MODEL_LOADING.search(line):
-        # Older versions print "GB" for what they computed as bytes / 2**30: GiB either way.
-        amount, _unit, seconds = match.groups()
-        return LogFacts(float(seconds) if seconds else None, float(amount), None)
-    if match := _WEIGHTS_LOADING.search(line):
-        return LogFacts(weights_seconds=float(match.group(1)))
-    return None
-
-
-class LogTail:
-    """Follows a log file like ``tail -F``: new complete lines since ``mark()``, across
-    rotation (the old file is read to its end first) and truncation. A missing file is no
-    error (vLLM may create it later)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._identity: tuple[int, int] | None = None
-        self._partial = b""
-
-    def mark(self) -> None:
-        """From now on: skip what the file holds already."""
-        self.close()
-        self._open(at_end=True)
-
-    def _open(self, *, at_end: bool) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
-            self._fd = self._identity = None
-            return
-        st = os.fstat(fd)
-        if at_end:
-            os.lseek(fd, 0, os.SEEK_END)
-        self._fd, self._identity, self._partial = fd, (st.st_dev, st.st_ino), b""
-
-    def read_lines(self) -> list[str]:
-        lines = self._drain()
-        try:
-            st = self.path.stat()
-        except OSError:
-            return lines
-        identity = (st.st_dev, st.st_ino)
-        if self._fd is None or identity != self._identity:
-            self.close()  # rotated (or created): the new file from its start
-            self._open(at_end=False)
-            lines += self._drain()
-        elif st.st_size < os.lseek(self._fd, 0, os.SEEK_CUR):
-            os.lseek(self._fd, 0, os.SEEK_SET)  # truncated
-            self._partial = b""
-            lines += self._drain()
-        return lines
-
-    def _drain(self) -> list[str]:
-        if self._fd is None:
-            return []
-        chunks = [self._partial]
-        while block := os.read(self._fd, 1 << 16):
-            chunks.append(block)
-        data = b"".join(chunks)
-        complete, _, rest = data.rpartition(b"\n")
-        self._partial = rest if len(rest) <= MAX_LOG_LINE_BYTES else b""
-        if not complete and not data.endswith(b"\n"):
-            return []
-        return [
-            line.decode(errors="replace")
-            for line in complete.split(b"\n")
-            if len(line) <= MAX_LOG_LINE_BYTES
-        ]
-
-    def read_facts(self) -> LogFacts:
-        facts = LogFacts()
-        for line in self.read_lines():
-            found = parse_log_line(line)
-            if found is not None:
-                facts = facts.merge(found)
-        return facts
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = self._identity = None
-        self._partial = b""
 
 
 # /health ------------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.bench import Variant, derive_mode, plan_steps
+from controller.bench import Variant, plan_steps
 from controller.prewarm import Strategy
+from controller.sampling import BENCH_THRESHOLDS, derive_mode
 from exporter.samples import Mode, Outcome, SampleKind, read_all
 from tests.support import REPO, pagewarm, require_root
 
@@ -74,7 +75,10 @@ def test_mode_derivation(
     expected: tuple[Mode, bool | None],
 ) -> None:
     prewarmed = declared in (Mode.PREWARM_COLD, Mode.PREWARM_WARM) or prewarm_before is not None
-    assert derive_mode(declared, before, prewarm_before, prewarmed=prewarmed) == expected
+    measured = derive_mode(
+        declared, before, prewarm_before, prewarmed=prewarmed, thresholds=BENCH_THRESHOLDS
+    )
+    assert measured == expected
 
 
 def test_bench_end_to_end_on_a_small_model(small_model: Path, tmp_path: Path) -> None:

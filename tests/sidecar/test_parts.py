@@ -17,14 +17,10 @@ import pytest
 from controller.sidecar.gate import Gate, GatePolicy, WarmPhase, WarmView, decide
 from controller.sidecar.keepwarm import KeepWarm, PassResult
 from controller.sidecar.modes import WarmContext, label_mode
-from controller.sidecar.vllm import (
-    LogFacts,
-    LogTail,
-    ProcessFinder,
-    compile_pattern,
-    parse_log_line,
-)
+from controller.sidecar.vllm import compile_pattern
+from controller.sidecar.vllm_log import LogFacts, LogTail, parse_log_line
 from controller.synth import synth
+from exporter.linux.proc import ProcessFinder
 from exporter.residency import ResidencyProbe
 from exporter.samples import Mode
 from exporter.weightset import discover

@@ -1,0 +1,115 @@
+"""Processes from /proc: a process's parent, state and start time (``/proc/<pid>/stat``),
+its command line, this process's own lineage, and finding processes by command line.
+
+The start time is in clock ticks since boot, read against CLOCK_BOOTTIME (the 10 ms tick is
+the precision; /proc/stat's btime is whole seconds). A pid the kernel reuses for a new
+process has new start ticks: (pid, start ticks) names one process for its whole life.
+
+The /proc root is a parameter: tests point it at a tree they control.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    pid: int
+    ppid: int
+    state: str
+    start_ticks: int  # clock ticks after boot
+    cmdline: str
+
+    def age_seconds(self) -> float:
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - self.start_ticks / CLOCK_TICKS
+
+    def started_monotonic(self) -> float:
+        return time.monotonic() - self.age_seconds()
+
+    def started_wall(self) -> float:
+        return time.time() - self.age_seconds()
+
+
+def read_stat(pid: int, proc: Path = PROC) -> tuple[int, str, int] | None:
+    """(ppid, state, start ticks) of a process, None when it is gone."""
+    try:
+        raw = (proc / str(pid) / "stat").read_bytes()
+    except OSError:
+        return None
+    # The command name in parentheses may hold spaces and parentheses: split at the last.
+    fields = raw.rpartition(b")")[2].split()
+    try:
+        return int(fields[1]), fields[0].decode(), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def read_cmdline(pid: int, proc: Path = PROC) -> str:
+    try:
+        raw = (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+
+
+def own_lineage(proc: Path = PROC) -> frozenset[int]:
+    """This process and its ancestors."""
+    lineage = {os.getpid()}
+    pid = os.getppid()
+    while pid > 0 and pid not in lineage:
+        lineage.add(pid)
+        stat = read_stat(pid, proc)
+        pid = stat[0] if stat is not None else 0
+    return frozenset(lineage)
+
+
+class ProcessFinder:
+    """Finds processes in /proc by their command line (blocking, cheap: one small read per
+    process, the command line only for processes not seen before)."""
+
+    def __init__(self, pattern: re.Pattern[str], proc: Path = PROC) -> None:
+        self.pattern = pattern
+        self.proc = proc
+        # Never ourselves nor a process we run under: a wrapper's command line (`timeout`,
+        # `sh -c`) repeats our arguments, the pattern included.
+        self.excluded = own_lineage(proc)
+        # pid -> (start ticks, matches): a pid reused by a new process has new start ticks.
+        self._known: dict[int, tuple[int, bool]] = {}
+
+    def scan(self) -> list[ProcessInfo]:
+        """Live processes that match and whose parent does not, oldest first."""
+        try:
+            pids = [int(entry.name) for entry in self.proc.iterdir() if entry.name.isdigit()]
+        except OSError:
+            return []
+        infos: dict[int, ProcessInfo] = {}
+        known: dict[int, tuple[int, bool]] = {}
+        for pid in pids:
+            stat = read_stat(pid, self.proc)
+            if stat is None or pid in self.excluded:
+                continue
+            ppid, state, ticks = stat
+            previous = self._known.get(pid)
+            if previous is not None and previous[0] == ticks:
+                matches, cmdline = previous[1], ""
+            else:
+                cmdline = read_cmdline(pid, self.proc)
+                matches = bool(cmdline) and self.pattern.search(cmdline) is not None
+            known[pid] = (ticks, matches)
+            if matches and state not in ("Z", "X"):
+                infos[pid] = ProcessInfo(pid, ppid, state, ticks, cmdline)
+        self._known = known
+        roots = [p for p in infos.values() if p.ppid not in infos]
+        return sorted(roots, key=lambda p: (p.start_ticks, p.pid))
+
+    def alive(self, process: ProcessInfo) -> bool:
+        stat = read_stat(process.pid, self.proc)
+        return stat is not None and stat[2] == process.start_ticks and stat[1] not in ("Z", "X")
