@@ -180,6 +180,40 @@ def test_markdown_numbers_and_conclusion_when_prewarm_pays_even_blocking(tmp_pat
     assert paths.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_prewarm_runs_are_labelled_with_the_thresholds_of_the_command_that_ran_them(
+    tmp_path: Path,
+) -> None:
+    """96% resident before a warm: partial by the bench's 98%, warm by the sidecar's 95%
+    (the sidecar measures later, on hosts whose DAMON pageout takes a few pages)."""
+    clock = Clock()
+    samples = [
+        Sample(
+            model="llama",
+            source=source,
+            kind=SampleKind.PREWARM,
+            loader="prewarm",
+            seconds=0.5,
+            strategy=strategy,
+            threads=8,
+            bytes_read=1 << 20,
+            throughput_bytes_per_second=1e9,
+            resident_ratio_before=before,
+            partial=False,
+            timestamp=clock.tick(),
+        )
+        for source, strategy, before in (
+            ("bench", "populate", 0.96),
+            ("sidecar", "read", 0.96),
+            ("sidecar", "read", 0.5),
+        )
+    ]
+    md = write_report(tmp_path, samples, source="test").markdown.read_text()
+    assert "| populate:8 | partial | 1 |" in md
+    assert "| read:8 | warm | 1 |" in md
+    assert "| read:8 | partial | 1 |" in md
+    assert "| populate:8 | warm |" not in md
+
+
 def test_conclusion_when_prewarm_only_pays_when_overlapped(tmp_path: Path) -> None:
     samples = _samples(
         cold=[6, 6, 6],
