@@ -5,7 +5,8 @@ and Y seconds" line, and only then answers GET /health with 200 (503 before).
 
     python tests/sidecar/fake_vllm.py MODEL_PATH --port 8000 --startup-seconds 5 \\
         [--loader safetensors|torch] [--device cpu|cuda|cuda:N] [--log-file FILE] \\
-        [--events FILE] [--crash-after SECONDS] [--never-healthy] [--post-load-seconds S]
+        [--events FILE] [--crash-after SECONDS] [--crash-after-ready SECONDS] \\
+        [--never-healthy] [--post-load-seconds S]
 
 Loading reuses pagewarm's safetensors loaders (controller/loaders.py): numpy by default,
 torch on the CPU, or torch onto a GPU with ``--device cuda`` (the GPU box). Beyond those
@@ -14,7 +15,9 @@ and the standard library it needs nothing.
 ``--events FILE`` appends one JSON object per moment (start, loading, loaded, ready,
 crash, stopped) with the wall-clock time and the pid: tests compare the sidecar's figures
 with these. ``--crash-after`` exits abruptly (status 1) that many seconds after the start,
-as a crashing engine does; a test restarts it to simulate a crash loop.
+as a crashing engine does; ``--crash-after-ready`` that many seconds after it became ready
+(an engine dying under load: on a busy machine the imports alone can outlast a window
+counted from the start); a test restarts it to simulate a crash loop.
 """
 
 from __future__ import annotations
@@ -130,6 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-file", type=Path, default=None)
     parser.add_argument("--events", type=Path, default=None)
     parser.add_argument("--crash-after", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--crash-after-ready", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--never-healthy", action="store_true", help="load, but never answer 200")
     parser.add_argument("--instance", default="", help="a tag on the command line (tests find it)")
     return parser.parse_args(argv)
@@ -148,17 +152,19 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)
-    if args.crash_after is not None:
-        delay = max(0.0, STARTED + args.crash_after - time.time())
 
-        def crash() -> None:
-            out.event("crash")
-            out.log("engine core died unexpectedly (simulated)", "ERROR")
-            os._exit(1)
+    def crash() -> None:
+        out.event("crash")
+        out.log("engine core died unexpectedly (simulated)", "ERROR")
+        os._exit(1)
 
-        timer = threading.Timer(delay, crash)
+    def crash_in(seconds: float) -> None:
+        timer = threading.Timer(max(0.0, seconds), crash)
         timer.daemon = True
         timer.start()
+
+    if args.crash_after is not None:
+        crash_in(STARTED + args.crash_after - time.time())
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     out.log(f"fake vLLM starting (pid {os.getpid()}), /health on {args.host}:{args.port}")
@@ -183,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         out.event("ready")  # first: the sidecar cannot see the 200 before this time
         Health.ready = True
         out.log("Application startup complete.")
+        if args.crash_after_ready is not None:
+            crash_in(args.crash_after_ready)
     threading.Event().wait()  # serve until SIGTERM (or the crash timer)
     return 0
 

@@ -125,7 +125,7 @@ def test_a_crash_loop_yields_one_sample_per_start(
     )
     sidecar.probe_startup()
     # Three starts that get ready and then crash, like an engine dying under load...
-    crash_after_ready = ("--startup-seconds", "0.3", "--crash-after", "1.2")
+    crash_after_ready = ("--startup-seconds", "0.3", "--crash-after-ready", "1.2")
     fake = processes.fake(
         start_fake_vllm(small_model, tmp_path, *crash_after_ready, port=port, instance=instance)
     )
