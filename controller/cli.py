@@ -21,6 +21,7 @@ from exporter.weightset import ModelPathError
 COMMAND_MODULES = (
     "controller.commands.status",
     "controller.commands.prewarm",
+    "controller.commands.profile",
     "controller.commands.evict",
     "controller.commands.synth",
     "controller.commands.exporter",

@@ -99,6 +99,12 @@ class Sample(BaseModel):
     bench_id: str | None = None
     run_index: int | None = None
     scheduler_note: str | None = None
+    # Loads the sidecar started with a start-up profile: its key (engine and model), what
+    # became of it (replayed, recorded, ...), and what the replay read and skipped as stale.
+    startup_profile: str | None = None
+    startup_profile_phase: str | None = None
+    startup_profile_read_bytes: int | None = None
+    startup_profile_stale_entries: int | None = None
 
     def to_json_line(self) -> str:
         data = self.model_dump(mode="json", by_alias=True)

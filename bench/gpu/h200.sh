@@ -2,16 +2,21 @@
 # The GPU cold-start benchmark (issue 8), as run on the lent H200 machine. Reproducible on any
 # Linux GPU box with PyTorch + safetensors: see docs/benchmarks/h200.md.
 #
-#   bench/gpu/h200.sh setup|core|schedulers|sidecar [OUT_DIR]
+#   bench/gpu/h200.sh setup|core|schedulers|sidecar|startup [OUT_DIR]
 #
 # setup       install pagewarm (and the wheels in .whl/ that the box lacks), record the machine
 # core        synth a 16 GiB Llama-shaped model (timed), the O_DIRECT reference, then
 #             `pagewarm bench --loader torch-cuda` with pre-warm variants, 3 runs per mode
 # schedulers  the I/O scheduler experiment (none vs mq-deadline; restored afterwards)
 # sidecar     the vLLM stand-in on the GPU with a 20 s startup: no sidecar cold/warm,
-#             --gate full, --gate none
+#             --gate full, --gate none (issue 8; superseded by startup)
+# startup     the realistic engine (torch + transformers imported for real, CUDA initialised,
+#             from_pretrained(device_map="cuda")): its start-up recorded from an all-cold
+#             cache (drop_caches), then 3 cache states x {alone, weights pre-warm, profile
+#             replay + weights} (issue 15); RUNS rounds, PROFILE keeps the recording between
+#             calls (a later call reuses it)
 set -euo pipefail
-phase="${1:?setup|core|schedulers|sidecar}"
+phase="${1:?setup|core|schedulers|sidecar|startup}"
 out="${2:-${OUT:-/tmp/pagewarm-out}}"
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 model="${MODEL_DIR:-/var/tmp/pagewarm-h200/model}"
@@ -21,6 +26,9 @@ variants="${PREWARM_VARIANTS:-populate:8,read:8,read:16}"
 startup="${SIDECAR_STARTUP:-20}"
 loader="${LOADER:-torch-cuda}"
 device="${DEVICE:-cuda}"
+framework="${FRAMEWORK:-transformers}"
+profile="${PROFILE:-/var/tmp/pagewarm-h200/startup-profile.json.gz}"
+drop_caches="${DROP_CACHES:-1}"
 site=/tmp/pagewarm-site
 export PYTHONPATH="$site:$repo" PATH="$site/bin:$PATH" PYTHONUNBUFFERED=1
 export PAGEWARM_SAMPLES="$out/samples.jsonl" PAGEWARM_LOG_FORMAT=json
@@ -36,8 +44,6 @@ ensure_model() {
     case "$fstype" in
         tmpfs | overlay | ramfs) echo "model dir on $fstype: no block device; set MODEL_DIR on a disk" >&2; exit 2 ;;
     esac
-# The report keeps its own copy of the samples; $OUT brings back at most 8 files.
-mv -f "$out/report/storage_load_bench.jsonl" /tmp/ 2>/dev/null || true
     if [[ ! -f "$model/model.safetensors.index.json" ]]; then
         log "synth $size on $fstype"
         pagewarm synth "$model" --size "$size" --shards 4 --threads "$(nproc)" --json
@@ -84,6 +90,15 @@ sidecar)
     log "sidecar bench, startup ${startup}s"
     python3 "$repo/bench/sidecar_bench.py" "$model" --startup "$startup" --runs 2 \
         --loader torch --device "$device" --out "$out/sidecar_bench.json"
+    ;;
+startup)
+    ensure_model
+    log "start-up bench: $framework engine on $device, $runs round(s), profile $profile"
+    drop=()
+    [[ "$drop_caches" == 1 ]] && drop=(--drop-caches)
+    python3 "$repo/bench/sidecar_bench.py" "$model" --framework "$framework" --device "$device" \
+        "${drop[@]}" --runs "$runs" ${BENCH_ARGS:-} --profile "$profile" --seed "${SEED:-15}" \
+        --out "$out/startup_bench${ROUND:+_$ROUND}.json"
     ;;
 *)
     echo "unknown phase $phase" >&2

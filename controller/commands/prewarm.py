@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import threading
+from pathlib import Path
 from typing import TypeVar
 
 import structlog
@@ -11,8 +12,11 @@ import structlog
 from controller.commands import common
 from controller.memguard import MemoryGuard
 from controller.prewarm import PrewarmOptions, PrewarmResult, Strategy, prewarm
+from controller.profile.replay import DEFAULT_IO_DEPTH, ReplayProgress, ReplayResult, replay
+from controller.profile.schema import ProfileError, load
 from controller.settings import ControllerSettings
 from controller.units import format_bytes, format_rate, format_ratio
+from exporter.linux.files import FileRoot
 from exporter.weightset import WeightSet
 
 log = structlog.get_logger("pagewarm")
@@ -31,8 +35,16 @@ than that budget is warmed up to it, in load order, and the result says 'partial
 exit status: 0 warmed (or partial because of the memory budget), 1 some files failed
 (truncated, replaced or unreadable mid-warm; the rest were warmed), 2 bad input.
 
+--profile FILE replays an engine's start-up profile first (`pagewarm profile record`):
+its libraries and configuration, in the order the engine reads them, with --io-depth
+reads in flight (2: the engine's own small reads are not queued behind ours), then the
+weights at full speed. Run it while the engine starts. Stale entries (the file changed
+since the recording) and missing files are skipped and counted, never an error.
+
 examples:
   pagewarm prewarm /models/llama-3-8b
+  pagewarm prewarm /models/llama-3-8b --profile startup.json.gz &  vllm serve ...
+  pagewarm prewarm /models/llama-3-8b --profile p.json.gz --profile-root /proc/1234/root
   pagewarm prewarm /models/llama-3-8b --strategy read --threads 16
   pagewarm prewarm /models/llama-3-8b --rate-limit 200MiB --json
   MODEL_PATH=/models/llama-3-8b pagewarm prewarm --reserve 2GiB
@@ -48,6 +60,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     common.add_model_path(parser)
     add_prewarm_options(parser)
+    profile = parser.add_argument_group("start-up profile")
+    profile.add_argument(
+        "--profile", type=Path, default=None, metavar="FILE", help="replay this profile first"
+    )
+    profile.add_argument(
+        "--profile-root",
+        type=Path,
+        default=Path("/"),
+        metavar="DIR",
+        help="where the profile's paths are (an engine's root: /proc/PID/root)",
+    )
+    profile.add_argument(
+        "--io-depth",
+        type=int,
+        default=DEFAULT_IO_DEPTH,
+        metavar="N",
+        help="reads in flight while replaying the profile",
+    )
     common.add_json(parser)
     parser.set_defaults(func=run)
 
@@ -125,9 +155,51 @@ def options_from(
 
 
 def run(args: argparse.Namespace, settings: ControllerSettings) -> int:
-    result = prewarm_with_progress(common.weight_set(args, settings), args, settings)
-    report(result, as_json=args.json)
+    weight_set = common.weight_set(args, settings)
+    startup = replay_profile(args, settings) if args.profile else None
+    result = prewarm_with_progress(weight_set, args, settings)
+    if startup is not None and not args.json:
+        report_replay(startup)
+    report(result, as_json=args.json, startup=startup)
     return 1 if result.file_errors else 0
+
+
+def replay_profile(args: argparse.Namespace, settings: ControllerSettings) -> ReplayResult:
+    if args.io_depth < 1:
+        raise common.UsageError("--io-depth must be at least 1")
+    try:
+        profile = load(args.profile)
+        root = FileRoot(args.profile_root)
+    except ProfileError as exc:
+        raise common.UsageError(str(exc)) from None
+    except OSError as exc:
+        raise common.UsageError(f"--profile-root {args.profile_root}: {exc.strerror}") from None
+    _, guard = options_from(args, settings)
+    with root, common.progress("profile", profile.totals.bytes) as update:
+        progress = ReplayProgress()
+        return replay(
+            profile,
+            root,
+            io_depth=args.io_depth,
+            probe=common.probe(settings),
+            guard=guard,
+            progress=progress,
+            on_progress=lambda: update(progress.done_bytes),
+        )
+
+
+def report_replay(result: ReplayResult) -> None:
+    skipped = result.stale_entries + result.missing_entries + result.failed_entries
+    print(
+        f"start-up profile {result.profile}: read {format_bytes(result.read_bytes)} in "
+        f"{result.seconds:.2f} s (I/O depth {result.io_depth}), "
+        f"{format_bytes(result.resident_bytes)} already resident; "
+        f"{result.replayed_entries} of {result.entries} files, {skipped} skipped "
+        f"({result.stale_entries} stale, {result.missing_entries} missing, "
+        f"{result.failed_entries} failed)"
+    )
+    for problem in result.problems:
+        log.info("profile entry skipped", detail=problem)
 
 
 def prewarm_with_progress(
@@ -150,7 +222,7 @@ def prewarm_with_progress(
         )
 
 
-def report(result: PrewarmResult, *, as_json: bool) -> None:
+def report(result: PrewarmResult, *, as_json: bool, startup: ReplayResult | None = None) -> None:
     for error in result.file_errors:
         log.error("file not warmed", path=error.path, error=error.error)
     if result.partial:
@@ -161,7 +233,10 @@ def report(result: PrewarmResult, *, as_json: bool) -> None:
             size_bytes=result.size_bytes,
         )
     if as_json:
-        common.print_json(result.to_dict())
+        document = result.to_dict()
+        if startup is not None:
+            document["startup_profile"] = startup.to_dict()
+        common.print_json(document)
         return
     trust = (
         "trusted"

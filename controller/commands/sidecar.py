@@ -62,7 +62,15 @@ Always, whose startupProbe holds vLLM back). One process, one port:
      --mlock: locks the weights in memory instead (needs CAP_IPC_LOCK, or RLIMIT_MEMLOCK
      of the model's size, and a memory limit that holds the model; otherwise it says why
      in the log and /status and runs on without).
-  5. serves /metrics (the exporter's metrics for this model plus pagewarm_sidecar_*),
+  5. --startup-profile PATH: replays vLLM's start-up profile (its libraries, shared
+     objects and configuration, recorded by `pagewarm profile record` or by this sidecar)
+     through /proc/<vLLM's pid>/root once vLLM's process is seen, at --io-depth reads in
+     flight, so that vLLM's imports do not queue behind the weights: with --gate none
+     before the weights, otherwise once vLLM starts. None for the key (--engine-image and
+     the model)? vLLM's first start is recorded and written there. Needs
+     shareProcessNamespace: true and ptrace read access to vLLM (its user, or
+     CAP_SYS_PTRACE); stale entries are skipped and counted.
+  6. serves /metrics (the exporter's metrics for this model plus pagewarm_sidecar_*),
      /healthz (liveness), /startup and /status (JSON: gate, warm, vLLM, keep-warm).
 
 MODEL_PATH missing, unreadable or without weight files: exits at once with status 2 and
@@ -88,7 +96,9 @@ PAGEWARM_VLLM_HEALTH_URL, PAGEWARM_PORT, PAGEWARM_HOST, PAGEWARM_KEEP_WARM,
 PAGEWARM_KEEP_WARM_INTERVAL_SECONDS, PAGEWARM_KEEP_WARM_RATE_LIMIT_BYTES, PAGEWARM_MLOCK,
 PAGEWARM_SAMPLES, PAGEWARM_VLLM_LOG, PAGEWARM_VLLM_PROCESS_PATTERN,
 PAGEWARM_LOAD_TIMEOUT_SECONDS, PAGEWARM_HEALTH_POLL_INTERVAL_SECONDS,
-PAGEWARM_PREWARM_ENABLED, PAGEWARM_MODEL_NAME and the PAGEWARM_PREWARM_* engine settings.
+PAGEWARM_PREWARM_ENABLED, PAGEWARM_MODEL_NAME, PAGEWARM_STARTUP_PROFILE,
+PAGEWARM_ENGINE_IMAGE, PAGEWARM_STARTUP_PROFILE_RECORD, PAGEWARM_STARTUP_PROFILE_IO_DEPTH
+and the PAGEWARM_PREWARM_* engine settings.
 """
 
 
@@ -203,6 +213,36 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="lock the weights in memory (default: $PAGEWARM_MLOCK or off)",
     )
+    startup = parser.add_argument_group("start-up profile")
+    startup.add_argument(
+        "--startup-profile",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="replay this start-up profile ahead of vLLM (a file, or a directory holding "
+        "one per key); recorded there on the first start when missing "
+        "(default: $PAGEWARM_STARTUP_PROFILE, or none)",
+    )
+    startup.add_argument(
+        "--engine-image",
+        default=None,
+        metavar="NAME",
+        help="the engine part of the profile's key: vLLM's image "
+        "(default: $PAGEWARM_ENGINE_IMAGE or 'engine')",
+    )
+    startup.add_argument(
+        "--startup-profile-record",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="record vLLM's start when no profile exists for the key (default: on)",
+    )
+    startup.add_argument(
+        "--io-depth",
+        type=int,
+        default=None,
+        metavar="N",
+        help="reads in flight while replaying the profile (default: 2)",
+    )
     server = parser.add_argument_group("server")
     server.add_argument("--host", default=None, help="address (default: $PAGEWARM_HOST or 0.0.0.0)")
     server.add_argument(
@@ -231,11 +271,17 @@ def settings_from(args: argparse.Namespace, settings: SidecarSettings) -> Sideca
         "mlock": args.mlock,
         "prewarm_enabled": args.prewarm_enabled,
         "model_name": args.model_name,
+        "startup_profile": args.startup_profile,
+        "engine_image": args.engine_image,
+        "startup_profile_record": args.startup_profile_record,
+        "startup_profile_io_depth": args.io_depth,
     }
     return common.server_settings(args, settings, flags)
 
 
 def run(args: argparse.Namespace, settings: SidecarSettings) -> int:
+    if args.io_depth is not None and not 1 <= args.io_depth <= 64:
+        raise common.UsageError(f"--io-depth {args.io_depth}: give 1 to 64 reads in flight")
     settings = settings_from(args, settings)
     # Fail fast on an unusable MODEL_PATH (ModelPathError, UsageError: exit status 2).
     weight_set = common.weight_set(args, settings)
@@ -262,6 +308,7 @@ def run(args: argparse.Namespace, settings: SidecarSettings) -> int:
         prewarm=settings.prewarm_enabled,
         keep_warm=settings.keep_warm,
         mlock=settings.mlock,
+        startup_profile=str(settings.startup_profile) if settings.startup_profile else None,
         samples=str(settings.samples),
         port=settings.port,
     )

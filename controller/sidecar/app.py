@@ -45,7 +45,7 @@ from controller.sidecar.warmer import Warmer, sleep_or_stop
 from exporter.linux.proc import ProcessFinder
 from exporter.models import ModelSpec
 from exporter.residency import ResidencyProbe
-from exporter.samples import Sample
+from exporter.samples import Outcome, Sample
 from exporter.server import create_app, serve
 
 log = structlog.get_logger("pagewarm")
@@ -104,6 +104,8 @@ class Sidecar:
             health_url=settings.vllm_health_url,
             gate_policy=str(self.config.policy),
         )
+        # Before vLLM can be seen: whether its start is replayed or recorded.
+        await asyncio.to_thread(self.warmer.profiler.load)
         # No health URL: nothing to time (a keep-warm or metrics-only sidecar).
         watcher = self._watcher() if settings.vllm_health_url else None
         server_stop = asyncio.Event()
@@ -147,6 +149,7 @@ class Sidecar:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         await self.warmer.stop()  # its sample recorded, unless stuck in a syscall
+        await self.warmer.close_profiler()
         await self.writer.drain()
         await self.warmer.unlock()
 
@@ -234,6 +237,7 @@ class Sidecar:
 
     def _vllm_started(self, start: VllmStart) -> None:
         """The first start after the warm began is the one the warm was for."""
+        self.warmer.profiler.engine_started(start.process)
         warm = self.state.warm
         if (
             not warm.claimed
@@ -263,6 +267,7 @@ class Sidecar:
             )
             warm_context = WarmContext(warm.ratio_before, complete)
             prewarm = self.warmer.prewarm_sample
+            self.warmer.profiler.engine_finished(ready=observation.outcome is Outcome.OK)
         sample = load_sample(
             self._context,
             observation,
@@ -270,6 +275,7 @@ class Sidecar:
             warm=warm_context,
             prewarm=prewarm,
             gate_timed_out=self.state.gate.decision.timed_out,
+            startup=self.state.startup.sample_fields() if warm_context is not None else {},
         )
         recorded = await self.writer.append(sample)
         self.state.vllm.last_sample = {

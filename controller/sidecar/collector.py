@@ -6,7 +6,8 @@ tell them apart): ``pagewarm_sidecar_gate_open``, ``pagewarm_sidecar_gate_info{p
 ``pagewarm_sidecar_prewarm_progress_ratio``, ``pagewarm_sidecar_prewarm_read_bytes``,
 ``pagewarm_sidecar_rewarm_bytes_total``, ``pagewarm_sidecar_vllm_starts_total``; and a few
 more that explain them (gate timed out, when it opened, vLLM ready, keep-warm thrash,
-locked bytes).
+locked bytes); with a start-up profile, ``pagewarm_sidecar_startup_profile_info{profile,
+phase}``, ``..._read_bytes`` and ``..._entries{state}`` (replayed, stale, missing, failed).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from controller.sidecar.state import SidecarState, VllmPhase
+from controller.sidecar.state import ProfilePhase, SidecarState, VllmPhase
 from exporter.collectors.base import counter, gauge
 
 
@@ -30,6 +31,7 @@ class SidecarCollector:
         yield from self._prewarm()
         yield from self._vllm()
         yield from self._keepwarm()
+        yield from self._startup_profile()
 
     def _gate(self) -> Iterator[Metric]:
         state = self.state
@@ -102,3 +104,34 @@ class SidecarCollector:
         )
         locked.add_metric([], self.state.mlock.locked_bytes)
         yield from (rewarm, thrashing, locked)
+
+    def _startup_profile(self) -> Iterator[Metric]:
+        startup = self.state.startup
+        if startup.phase is ProfilePhase.OFF:
+            return
+        info = gauge(
+            "pagewarm_sidecar_startup_profile_info",
+            "The start-up profile (engine and model) and what became of it (value 1).",
+            ["profile", "phase"],
+        )
+        info.add_metric([startup.key or "", str(startup.phase)], 1.0)
+        read = gauge(
+            "pagewarm_sidecar_startup_profile_read_bytes",
+            "Bytes the start-up profile's replay has brought into the page cache so far.",
+        )
+        read.add_metric([], float(startup.progress.read_bytes) if startup.progress else 0.0)
+        entries = gauge(
+            "pagewarm_sidecar_startup_profile_entries",
+            "Files of the replayed start-up profile, by what the replay did with them.",
+            ["state"],
+        )
+        result = startup.result
+        counts = {
+            "replayed": result.replayed_entries if result else 0,
+            "stale": result.stale_entries if result else 0,
+            "missing": result.missing_entries if result else 0,
+            "failed": result.failed_entries if result else 0,
+        }
+        for state, count in counts.items():
+            entries.add_metric([state], float(count))
+        yield from (info, read, entries)

@@ -56,6 +56,7 @@ def load_sample(
     warm: WarmContext | None,
     prewarm: Sample | None,
     gate_timed_out: bool,
+    startup: dict[str, object] | None = None,
 ) -> Sample:
     """The sample of one vLLM start. ``warm`` is this sidecar's pre-warm when the start
     claimed it; ``prewarm`` its sample when the warm had finished by then."""
@@ -85,6 +86,7 @@ def load_sample(
             "prewarm_resident_ratio_before": warm.ratio_before if warm else None,
             "prewarm_complete_before_ready": warm.complete_before_ready if warm else None,
             **observation.log.sample_fields(observation.seconds),
+            **(startup or {}),
         }
     )
 

@@ -59,6 +59,22 @@ class SidecarSettings(BenchSettings, ExporterSettings):
         default=256 * MiB, ge=1, description="Bytes per second a re-warm reads at most."
     )
     mlock: bool = Field(default=False, description="Lock the weights in memory (IPC_LOCK).")
+    startup_profile: Path | None = Field(
+        default=None,
+        description="A start-up profile to replay ahead of vLLM (a file, or a directory of "
+        "profiles named by their key); recorded there on the first start when missing.",
+    )
+    engine_image: str = Field(
+        default="engine",
+        min_length=1,
+        description="The engine part of the start-up profile's key (the chart sets vLLM's image).",
+    )
+    startup_profile_record: bool = Field(
+        default=True, description="Record the start-up profile when none exists for the key."
+    )
+    startup_profile_io_depth: int = Field(
+        default=2, ge=1, le=64, description="Reads in flight while replaying the profile."
+    )
 
     @field_validator("gate")
     @classmethod

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.prewarm import PrewarmProgress, PrewarmResult
+from controller.profile.replay import ReplayProgress, ReplayResult
 from controller.sidecar.gate import Gate, GatePolicy, WarmPhase, WarmView
 
 
@@ -135,6 +136,58 @@ class MlockState:
         return {"requested": self.requested, "locked_bytes": self.locked_bytes, "error": self.error}
 
 
+class ProfilePhase(StrEnum):
+    OFF = "off"  # no --startup-profile
+    WAITING = "waiting"  # for vLLM's process: its files are opened through its root
+    REPLAYING = "replaying"
+    REPLAYED = "replayed"
+    RECORDING = "recording"  # none existed: this start is being recorded
+    RECORDED = "recorded"
+    UNAVAILABLE = "unavailable"  # none, and none recorded (see detail)
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class StartupProfileState:
+    phase: ProfilePhase = ProfilePhase.OFF
+    path: str | None = None
+    key: str | None = None  # engine and model
+    detail: str | None = None
+    progress: ReplayProgress | None = None
+    result: ReplayResult | None = None
+    recorded_entries: int | None = None
+    recorded_bytes: int | None = None
+
+    def sample_fields(self) -> dict[str, Any]:
+        """What a load sample says about the profile (nothing without one)."""
+        if self.phase is ProfilePhase.OFF:
+            return {}
+        result = self.result
+        return {
+            "startup_profile": self.key,
+            "startup_profile_phase": str(self.phase),
+            "startup_profile_read_bytes": result.read_bytes if result else None,
+            "startup_profile_stale_entries": result.stale_entries if result else None,
+            "startup_profile_missing_entries": result.missing_entries if result else None,
+            "startup_profile_seconds": round(result.seconds, 3) if result else None,
+        }
+
+    def document(self) -> dict[str, Any]:
+        progress = self.progress
+        return {
+            "phase": str(self.phase),
+            "path": self.path,
+            "key": self.key,
+            "detail": self.detail,
+            "planned_bytes": progress.planned_bytes if progress else None,
+            "done_bytes": progress.done_bytes if progress else None,
+            "read_bytes": progress.read_bytes if progress else None,
+            "result": self.result.to_dict() if self.result else None,
+            "recorded_entries": self.recorded_entries,
+            "recorded_bytes": self.recorded_bytes,
+        }
+
+
 @dataclass(slots=True)
 class SidecarState:
     model: str
@@ -145,6 +198,7 @@ class SidecarState:
     vllm: VllmState = field(default_factory=VllmState)
     keepwarm: KeepWarmState = field(default_factory=KeepWarmState)
     mlock: MlockState = field(default_factory=MlockState)
+    startup: StartupProfileState = field(default_factory=StartupProfileState)
     started_monotonic: float = field(default_factory=time.monotonic)
     gate_opened_monotonic: float | None = None
 
@@ -197,4 +251,5 @@ class SidecarState:
             "vllm": self.vllm.document(),
             "keep_warm": self.keepwarm.document(),
             "mlock": self.mlock.document(),
+            "startup_profile": self.startup.document(),
         }

@@ -117,7 +117,7 @@ class WatcherHooks:
     """What the watcher needs from the sidecar: residency now, and where results go."""
 
     measure_ratio: Callable[[], Awaitable[float | None]]
-    started: Callable[[VllmStart], None]
+    started: Callable[[VllmStart], None]  # again when a gate-open start finds its process
     finished: Callable[[LoadObservation], Awaitable[None]]
     already_serving: Callable[[], None]  # vLLM was serving before the sidecar started
 
@@ -257,6 +257,7 @@ class VllmWatcher:
             process=process,
         )
         self._enter_loading(upgraded)
+        self.hooks.started(upgraded)
         log.info("vLLM process seen: timing from its start", pid=process.pid)
         return upgraded
 

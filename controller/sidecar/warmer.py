@@ -22,11 +22,12 @@ import structlog
 
 from controller.memguard import MemoryGuard
 from controller.prewarm import PrewarmProgress, PrewarmResult, prewarm
-from controller.sidecar.gate import WarmPhase
+from controller.sidecar.gate import GateKind, WarmPhase
 from controller.sidecar.keepwarm import KeepWarm, PassResult
 from controller.sidecar.mlock import MlockError, WeightLock, why_not_affordable, why_not_permitted
 from controller.sidecar.record import SampleContext, SampleWriter, prewarm_sample
 from controller.sidecar.settings import SidecarConfig
+from controller.sidecar.startup import ENGINE_WAIT_SECONDS, StartupProfiler
 from controller.sidecar.state import SidecarState
 from controller.units import format_bytes, format_rate
 from exporter.residency import ResidencyProbe
@@ -56,13 +57,18 @@ class Warmer:
         stop: asyncio.Event,
         on_warm_finished: Callable[[], None],
     ) -> None:
+        self.profiler = StartupProfiler(
+            config, state.startup, probe=probe, cancel=threading.Event()
+        )
         self.config = config
         self.state = state
         self.probe = probe
         self.writer = writer
         self.stop_event = stop  # the sidecar is stopping (SIGTERM, or a task ended)
         self.on_warm_finished = on_warm_finished  # the gate looks again at once
-        self.cancel_event = threading.Event()  # the threads' stop signal (warm, keep-warm)
+        self.cancel_event = (
+            self.profiler.cancel
+        )  # the threads' stop signal (warm, replay, keep-warm)
         self.weight_lock = WeightLock()
         self.prewarm_sample: Sample | None = None  # once recorded
         self.stuck = False  # a thread that would block the exit (see stop)
@@ -106,6 +112,10 @@ class Warmer:
             self.state.mlock.locked_bytes = 0
             log.info("weights unlocked")
 
+    async def close_profiler(self) -> None:
+        """After ``stop``: a recording or late replay ends (the cancel is set by then)."""
+        await self.profiler.close()
+
     def close(self) -> None:
         """Release the warm's thread (not waited for when it is stuck)."""
         self._executor.shutdown(wait=not self.stuck)
@@ -123,13 +133,24 @@ class Warmer:
 
     async def _warm_steps(self) -> None:
         settings = self.config.settings
+        profiler = self.profiler
+        # The warm, a start-up profile's replay included, began now: a vLLM start after this
+        # is the one it was for.
+        self.state.warm.started_monotonic = time.monotonic()
         if settings.prewarm_enabled:
+            # With --gate none vLLM starts at once: its libraries first, at a small I/O
+            # depth, while it imports them; then the weights at full speed (see hold_weights).
+            gate_none = self.config.policy.kind is GateKind.NONE
+            if gate_none and await profiler.replay(ENGINE_WAIT_SECONDS):
+                await profiler.hold_weights()
             await self._prewarm()
         else:
             self.state.warm.phase = WarmPhase.DISABLED
             log.info("pre-warm disabled: the gate opens at once")
         if self.stop_event.is_set():
             return
+        # The gate held vLLM back until the weights were in: its libraries once it starts.
+        profiler.replay_later()
         if settings.mlock:
             await self._mlock()
         if settings.keep_warm:
@@ -138,7 +159,6 @@ class Warmer:
     async def _prewarm(self) -> None:
         warm = self.state.warm
         ws = self.config.weight_set
-        warm.started_monotonic = time.monotonic()
         progress = warm.progress = PrewarmProgress(planned_bytes=ws.total_bytes)
         before = await asyncio.to_thread(self.probe.measure, ws)
         warm.ratio_before = before.ratio

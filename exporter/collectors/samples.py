@@ -11,6 +11,9 @@ counter reset.
 - kind=load: ``pagewarm_load_duration_seconds{model,mode}`` (ok loads only),
   ``pagewarm_loads_total{model,mode,outcome}`` (every outcome), and the last ok load's
   duration and time.
+- kind=load with a replayed start-up profile (the sidecar's): ``pagewarm_startup_profile_
+  replays_total{model}``, ``..._read_bytes_total{model}`` (what the replays brought in),
+  ``..._stale_entries_total{model}`` (files changed since the recording: re-record).
 - kind=prewarm: ``pagewarm_prewarm_duration_seconds{model}`` (complete ok runs),
   ``pagewarm_prewarm_runs_total{model,outcome}`` with outcome ok|partial|failed, and the
   last run that did not fail: duration, bytes read, throughput, time.
@@ -25,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from exporter.collectors.base import counter, gauge, histogram
 from exporter.models import label_value
@@ -98,6 +101,8 @@ class SampleState:
     prewarm_histograms: dict[str, Histogram] = field(default_factory=dict)
     prewarm_runs: dict[tuple[str, str], int] = field(default_factory=dict)
     last_prewarms: dict[str, Last] = field(default_factory=dict)
+    # model -> [replays, bytes read, stale entries] of start-up profiles
+    profile_replays: dict[str, list[int]] = field(default_factory=dict)
     rejected: int = 0  # valid JSON, but a duration no histogram can take
 
     def expect(self, model: str) -> None:
@@ -123,6 +128,11 @@ class SampleState:
             self._add_prewarm(model, sample)
 
     def _add_load(self, model: str, sample: Sample) -> None:
+        if sample.startup_profile_phase == "replayed":
+            totals = self.profile_replays.setdefault(model, [0, 0, 0])
+            totals[0] += 1
+            totals[1] += sample.startup_profile_read_bytes or 0
+            totals[2] += sample.startup_profile_stale_entries or 0
         key = (model, sample.mode.value)
         for outcome in Outcome:  # every outcome from the first sample on: increase() needs it
             self.loads.setdefault((*key, outcome.value), 0)
@@ -171,7 +181,14 @@ class SamplesCollector:
                         self.state.add(sample)
                 if self.reader.offset == start:
                     break
-            return iter([*self._load_families(), *self._prewarm_families(), self._invalid()])
+            return iter(
+                [
+                    *self._load_families(),
+                    *self._prewarm_families(),
+                    *self._profile_families(),
+                    self._invalid(),
+                ]
+            )
 
     def _first_time(self, sample_id: str) -> bool:
         if sample_id in self._seen:
@@ -256,6 +273,29 @@ class SamplesCollector:
             if run.throughput is not None:
                 last["throughput"].add_metric([model], run.throughput)
         return [duration, runs, *last.values()]
+
+    def _profile_families(self) -> list[Metric]:
+        families: list[CounterMetricFamily] = [
+            counter(
+                "pagewarm_startup_profile_replays",
+                "Loads started after the sidecar replayed a start-up profile.",
+                ["model"],
+            ),
+            counter(
+                "pagewarm_startup_profile_read_bytes",
+                "Bytes the start-up profile replays brought into the page cache.",
+                ["model"],
+            ),
+            counter(
+                "pagewarm_startup_profile_stale_entries",
+                "Profile files skipped as stale (changed since the recording: record again).",
+                ["model"],
+            ),
+        ]
+        for model, totals in sorted(self.state.profile_replays.items()):
+            for family, value in zip(families, totals, strict=True):
+                family.add_metric([model], value)
+        return list(families)
 
     def _invalid(self) -> Metric:
         invalid = counter(
