@@ -298,10 +298,11 @@ class Recorder:
         fd = self._open(watched)
         if fd is None or watched.identity is None:
             return
+        held = watched.fd is not None  # else opened for this look only
         try:
             self._look_open(watched, fd, watched.identity.size)
         finally:
-            if watched.fd is None:
+            if not held:
                 os.close(fd)
 
     def _look_open(self, watched: _Watched, fd: int, size: int) -> None:
@@ -332,7 +333,7 @@ class Recorder:
             new = _and_not(vector, watched.seen)
             watched.seen = _or(watched.seen, vector)
         self._touched(watched, _runs(new, self.rounds))
-        if pages * self.page >= size:  # all resident: nothing more can turn resident
+        if cached >= size:  # all resident: nothing more can turn resident
             watched.complete = True
             self._release(watched)
 
