@@ -345,13 +345,31 @@ def test_file_names_that_are_not_utf8_still_render(tmp_path: Path) -> None:
     assert 'file="caf\ufffd.safetensors"' in text
 
 
-def test_an_empty_model_is_not_reported_as_fully_resident(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "contents",
+    ["nothing", "zero_byte_shards", "fifo_only", "other_format_only", "metadata_only"],
+)
+def test_a_model_without_weight_bytes_is_absent_never_fully_resident(
+    tmp_path: Path, contents: str
+) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    metrics = _collect(build_collector_set([empty], _settings(tmp_path)))
-    assert value(metrics, "pagewarm_model_files", model="empty") == 0
-    assert value(metrics, "pagewarm_model_size_bytes", model="empty") == 0
-    assert value(metrics, "pagewarm_model_resident_ratio", model="empty") is None
+    if contents == "zero_byte_shards":
+        (empty / "model-1.safetensors").touch()
+        (empty / "model-2.safetensors").touch()
+    elif contents == "fifo_only":
+        os.mkfifo(empty / "model.safetensors")
+    elif contents == "other_format_only":
+        write_random(empty / "pytorch_model.bin", 4 * KiB)
+    elif contents == "metadata_only":
+        (empty / "config.json").write_text("{}")
+    settings = _settings(tmp_path, weight_patterns=("*.safetensors",))
+    metrics = _collect(build_collector_set([empty], settings))
+    assert value(metrics, "pagewarm_model_present", model="empty") == 0
+    for family in ("files", "size_bytes", "resident_bytes", "resident_ratio"):
+        assert value(metrics, f"pagewarm_model_{family}", model="empty") is None, family
+    assert value(metrics, "pagewarm_model_residency_trusted", model="empty") is None
+    assert set(series(metrics, "pagewarm_collector_success").values()) == {1.0}
 
 
 def test_families_are_fresh_on_every_collection(tmp_path: Path) -> None:
