@@ -436,12 +436,16 @@ def _require_weight_bytes(
     weights = weight_set.weight_files
     if any(f.size for f in weights):
         return
+    if weights and weight_set.root == weights[0].path:  # a single-file model
+        raise EmptyWeightSetError(f"model path {path} is an empty file (0 bytes)")
     if weights:
         names = [weight_set.display_name(f) for f in weights]
         raise EmptyWeightSetError(
             f"the weight files under {path} are all empty (0 bytes): {_examples(names)}"
         )
     found = []
+    if metadata := [weight_set.display_name(f) for f in weight_set.files]:
+        found.append(f"{len(metadata)} metadata files: {_examples(metadata)}")
     if weight_set.skipped:
         first = weight_set.skipped[0]
         found.append(

@@ -74,7 +74,7 @@ SAFETENSORS_ONLY = {"PAGEWARM_WEIGHT_PATTERNS": '["*.safetensors"]'}
         ("zero_byte_shards", "are all empty (0 bytes): model-00001-of-00002.safetensors"),
         ("fifos_only", "1 skipped, e.g. model.safetensors (not_regular_file: FIFO"),
         ("sockets_and_dead_links", "2 skipped"),
-        ("metadata_only", "found nothing"),
+        ("metadata_only", "found 2 metadata files: config.json, model.safetensors.index.json"),
         ("bin_beside_safetensors_patterns", "1 matching no pattern: pytorch_model.bin"),
     ],
 )
@@ -109,13 +109,18 @@ def test_a_model_only_unreadable_to_the_user_is_a_user_error(shared_tmp: Path) -
     assert "1 skipped, e.g. locked (permission_denied" in message
 
 
-def test_a_root_that_loops_or_is_a_fifo_is_a_user_error(tmp_path: Path) -> None:
+def test_a_root_that_loops_is_a_fifo_or_an_empty_file_is_a_user_error(tmp_path: Path) -> None:
     (tmp_path / "loop").symlink_to("loop")
     assert "Too many levels of symbolic links" in _one_error_line(
         pagewarm("status", tmp_path / "loop")
     )
     os.mkfifo(tmp_path / "fifo")
     assert "is a FIFO" in _one_error_line(pagewarm("status", tmp_path / "fifo"))
+    assert "is a character device" in _one_error_line(pagewarm("status", "/dev/null"))
+    (tmp_path / "model.gguf").touch()
+    assert "model.gguf is an empty file (0 bytes)" in _one_error_line(
+        pagewarm("status", tmp_path / "model.gguf")
+    )
 
 
 def test_weight_files_truncated_to_nothing_after_the_scan_are_unknown(tmp_path: Path) -> None:
