@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from tests.support import (
     IN_CI,
     NOBODY_UID,
     REPO,
+    fill_without_weights,
     pagewarm,
     require_binary,
     require_root,
@@ -46,24 +46,6 @@ def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return str(event["event"])
 
 
-def _fill(model: Path, contents: str) -> None:
-    model.mkdir()
-    if contents == "zero_byte_shards":
-        (model / "model-00001-of-00002.safetensors").touch()
-        (model / "model-00002-of-00002.safetensors").touch()
-    elif contents == "fifos_only":
-        os.mkfifo(model / "model.safetensors")
-    elif contents == "sockets_and_dead_links":
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.bind(str(model / "model.safetensors"))
-        (model / "other.safetensors").symlink_to("nowhere")
-    elif contents == "metadata_only":
-        (model / "config.json").write_text("{}")
-        (model / "model.safetensors.index.json").write_text('{"weight_map": {}}')
-    elif contents == "bin_beside_safetensors_patterns":
-        write_random(model / "pytorch_model.bin", 4 * KiB)
-
-
 SAFETENSORS_ONLY = {"PAGEWARM_WEIGHT_PATTERNS": '["*.safetensors"]'}
 
 
@@ -82,7 +64,7 @@ def test_status_of_a_model_without_weight_bytes_is_a_user_error(
     tmp_path: Path, contents: str, expected: str
 ) -> None:
     model = tmp_path / "model"
-    _fill(model, contents)
+    fill_without_weights(model, contents)
     for extra in ((), ("--json",)):
         message = _one_error_line(pagewarm("status", model, *extra, env=SAFETENSORS_ONLY))
         assert str(model) in message
@@ -96,7 +78,7 @@ def test_zero_byte_shards_are_neither_warmed_nor_evicted_as_a_success(
     tmp_path: Path, command: str
 ) -> None:
     model = tmp_path / "model"
-    _fill(model, "zero_byte_shards")
+    fill_without_weights(model, "zero_byte_shards")
     assert "are all empty (0 bytes)" in _one_error_line(pagewarm(command, model))
 
 

@@ -24,7 +24,7 @@ from exporter.residency import ModelResidency, ResidencyProbe
 from exporter.settings import ExporterSettings
 from exporter.weightset import WeightSet
 from tests.exporter.util import label_values, series, value
-from tests.support import write_random
+from tests.support import MODELS_WITHOUT_WEIGHTS, fill_without_weights, write_random
 
 KiB = 1 << 10
 
@@ -345,24 +345,12 @@ def test_file_names_that_are_not_utf8_still_render(tmp_path: Path) -> None:
     assert 'file="caf\ufffd.safetensors"' in text
 
 
-@pytest.mark.parametrize(
-    "contents",
-    ["nothing", "zero_byte_shards", "fifo_only", "other_format_only", "metadata_only"],
-)
+@pytest.mark.parametrize("contents", MODELS_WITHOUT_WEIGHTS)
 def test_a_model_without_weight_bytes_is_absent_never_fully_resident(
     tmp_path: Path, contents: str
 ) -> None:
     empty = tmp_path / "empty"
-    empty.mkdir()
-    if contents == "zero_byte_shards":
-        (empty / "model-1.safetensors").touch()
-        (empty / "model-2.safetensors").touch()
-    elif contents == "fifo_only":
-        os.mkfifo(empty / "model.safetensors")
-    elif contents == "other_format_only":
-        write_random(empty / "pytorch_model.bin", 4 * KiB)
-    elif contents == "metadata_only":
-        (empty / "config.json").write_text("{}")
+    fill_without_weights(empty, contents)
     settings = _settings(tmp_path, weight_patterns=("*.safetensors",))
     metrics = _collect(build_collector_set([empty], settings))
     assert value(metrics, "pagewarm_model_present", model="empty") == 0
