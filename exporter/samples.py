@@ -32,7 +32,6 @@ from typing import Annotated, Any, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from exporter.linux.files import open_regular
-from exporter.models import label_value
 
 SCHEMA_VERSION = 1
 # A sample is well under 2 KiB. A longer line is not one: it is skipped as it is read,
@@ -139,7 +138,17 @@ class Sample(BaseModel):
     def _text_is_unicode(cls, value: Any) -> Any:
         # A lone surrogate (a model path that is not UTF-8, "\udc80" in the JSON) cannot be
         # printed or written as UTF-8: it becomes U+FFFD, as it does in metric labels.
-        return label_value(value) if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # Imported here: exporter.models brings 0.1 s of imports (structlog, pydantic-
+            # settings) that a process timing a load must not pay for every sample.
+            from exporter.models import label_value  # noqa: PLC0415
+
+            return label_value(value)
+        return value
 
     @model_validator(mode="after")
     def _extras_can_be_written_back(self) -> Self:
