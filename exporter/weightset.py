@@ -445,7 +445,7 @@ def _require_weight_bytes(
         )
     found = []
     if metadata := [weight_set.display_name(f) for f in weight_set.files]:
-        found.append(f"{len(metadata)} metadata files: {_examples(metadata)}")
+        found.append(f"{_count(len(metadata), 'metadata file')}: {_examples(metadata)}")
     if weight_set.skipped:
         first = weight_set.skipped[0]
         found.append(
@@ -461,6 +461,10 @@ def _require_weight_bytes(
         f"no weight files under {path} (looked for {', '.join(patterns) or 'no pattern'}; "
         f"found {'; '.join(found) or 'nothing'})"
     )
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def _examples(names: list[str], total: int | None = None) -> str:
