@@ -23,6 +23,8 @@ from exporter.weightset import WeightFile, WeightSet
 
 MethodChoice = Literal["auto", "cachestat", "mincore"]
 
+EMPTY_REASON = "no bytes to measure: every file of the weight set is empty (0 bytes)"
+
 
 class Method(StrEnum):
     CACHESTAT = "cachestat"
@@ -48,9 +50,10 @@ class FileResidency:
 
     @property
     def ratio(self) -> float | None:
-        if self.cached_bytes is None:
+        """None when unknown, and for an empty file: no page of it can be resident."""
+        if self.cached_bytes is None or self.size == 0:
             return None
-        return 1.0 if self.size == 0 else self.cached_bytes / self.size
+        return self.cached_bytes / self.size
 
 
 def _sum_known(values: Iterator[int | None]) -> int | None:
@@ -84,10 +87,13 @@ class ModelResidency:
 
     @property
     def ratio(self) -> float | None:
+        """None when unknown, or when there are no bytes to be resident: discovery refuses
+        an empty weight set, but its files may all be truncated to 0 by the time they are
+        measured. 0 of 0 bytes is not "100% resident"."""
         cached = self.cached_bytes
-        if cached is None:
+        if cached is None or self.size_bytes == 0:
             return None
-        return 1.0 if self.size_bytes == 0 else cached / self.size_bytes
+        return cached / self.size_bytes
 
     @property
     def dirty_bytes(self) -> int | None:
@@ -107,7 +113,10 @@ class ModelResidency:
 
     @property
     def unknown_reasons(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(f.unknown_reason for f in self.files if f.unknown_reason))
+        reasons = dict.fromkeys(f.unknown_reason for f in self.files if f.unknown_reason)
+        if self.size_bytes == 0:
+            reasons[EMPTY_REASON] = None
+        return tuple(r for r in reasons if r)
 
 
 class ResidencyProbe:

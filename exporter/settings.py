@@ -34,6 +34,11 @@ class CommonSettings(BaseSettings):
     metadata_patterns: tuple[str, ...] = Field(
         default=DEFAULT_METADATA_PATTERNS, description="Glob patterns of index/config files."
     )
+    cross_filesystems: bool = Field(
+        default=False,
+        description="Follow directories (links, mounts) off the model root's filesystem; "
+        "kernel pseudo-filesystems (/proc, /sys) are never walked.",
+    )
     residency_method: Literal["auto", "cachestat", "mincore"] = Field(
         default="auto", description="How residency is measured; auto prefers cachestat(2)."
     )

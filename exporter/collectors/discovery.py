@@ -19,7 +19,8 @@ class DiscoveryCollector:
     def collect_models(self, scan: ModelScan) -> Iterator[Metric]:
         present = gauge(
             "pagewarm_model_present",
-            "1 when the model path exists and was scanned, 0 when it is missing or unreadable.",
+            "1 when the model path was scanned and holds weight files, 0 when it is missing, "
+            "unreadable, on a pseudo-filesystem, or holds no weight bytes (the log says why).",
             ["model"],
         )
         files = gauge(

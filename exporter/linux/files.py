@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 class NotRegularFileError(OSError):
-    """The path became a FIFO, socket or device after it was listed."""
+    """The path is a FIFO, socket, device or directory (a listing may have seen a file)."""
 
 
 @contextmanager
@@ -20,7 +20,7 @@ def open_regular(path: Path | str) -> Iterator[int]:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFileError(f"{path} is no longer a regular file")
+            raise NotRegularFileError(f"{path} is not a regular file")
         yield fd
     finally:
         os.close(fd)

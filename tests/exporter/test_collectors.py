@@ -24,7 +24,7 @@ from exporter.residency import ModelResidency, ResidencyProbe
 from exporter.settings import ExporterSettings
 from exporter.weightset import WeightSet
 from tests.exporter.util import label_values, series, value
-from tests.support import write_random
+from tests.support import MODELS_WITHOUT_WEIGHTS, fill_without_weights, write_random
 
 KiB = 1 << 10
 
@@ -345,13 +345,19 @@ def test_file_names_that_are_not_utf8_still_render(tmp_path: Path) -> None:
     assert 'file="caf\ufffd.safetensors"' in text
 
 
-def test_an_empty_model_is_not_reported_as_fully_resident(tmp_path: Path) -> None:
+@pytest.mark.parametrize("contents", MODELS_WITHOUT_WEIGHTS)
+def test_a_model_without_weight_bytes_is_absent_never_fully_resident(
+    tmp_path: Path, contents: str
+) -> None:
     empty = tmp_path / "empty"
-    empty.mkdir()
-    metrics = _collect(build_collector_set([empty], _settings(tmp_path)))
-    assert value(metrics, "pagewarm_model_files", model="empty") == 0
-    assert value(metrics, "pagewarm_model_size_bytes", model="empty") == 0
-    assert value(metrics, "pagewarm_model_resident_ratio", model="empty") is None
+    fill_without_weights(empty, contents)
+    settings = _settings(tmp_path, weight_patterns=("*.safetensors",))
+    metrics = _collect(build_collector_set([empty], settings))
+    assert value(metrics, "pagewarm_model_present", model="empty") == 0
+    for family in ("files", "size_bytes", "resident_bytes", "resident_ratio"):
+        assert value(metrics, f"pagewarm_model_{family}", model="empty") is None, family
+    assert value(metrics, "pagewarm_model_residency_trusted", model="empty") is None
+    assert set(series(metrics, "pagewarm_collector_success").values()) == {1.0}
 
 
 def test_families_are_fresh_on_every_collection(tmp_path: Path) -> None:

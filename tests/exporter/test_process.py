@@ -4,15 +4,19 @@ a graceful stop on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from exporter.requestlog import MALFORMED_LOG_INTERVAL_SECONDS
+from tests.exporter.test_server import MALFORMED_REQUESTS
 from tests.prometheus import running_exporter
 from tests.support import NOBODY_UID, REPO, require_root, write_random
 
@@ -132,3 +136,30 @@ def test_the_exporter_command_loads_no_other_command() -> None:
         "controller.commands.common",
         "controller.commands.exporter",
     }
+
+
+def _status_of(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer.split(b" ", 2)[1]
+
+
+def test_malformed_requests_cost_one_short_warning_not_a_traceback_each(tmp_path: Path) -> None:
+    write_random(tmp_path / "m" / "model.safetensors", 64 * KiB)
+    with running_exporter("--model-path", tmp_path / "m") as exporter:
+        started = time.monotonic()
+        for _ in range(10):
+            for request in MALFORMED_REQUESTS:
+                assert _status_of(exporter.port, request) == b"400", request[:30]
+        elapsed = time.monotonic() - started
+        assert "pagewarm_model_files" in exporter.get("/metrics")  # and it still serves
+    after = exporter.logs[[line.get("event") for line in exporter.logs].index("serving") + 1 :]
+    assert [line for line in after if line.get("level") not in ("info", "warning")] == []
+    warnings = exporter.events("malformed request refused")
+    assert 1 <= len(warnings) <= 1 + elapsed // MALFORMED_LOG_INTERVAL_SECONDS
+    assert all(len(json.dumps(line)) < 400 for line in warnings)
+    # 60 bad requests: 1.9 KB of ERROR and traceback each before; the whole log now.
+    assert sum(len(json.dumps(line)) for line in after) < 2000
