@@ -98,10 +98,10 @@ def render(families: Iterable[Metric], fmt: Format) -> bytes:
     # Labels rendered once per dict (collectors share one between a model's series), by
     # id: the families hold the dicts, so no id is reused while this lives.
     label_text: dict[int, str] = {}
-    plain_names: set[str] = set()
     openmetrics_format = fmt is Format.OPENMETRICS
     for family in families:
         out.extend(_header(family, openmetrics_format))
+        plain_names: set[str] = set()  # whether a name is plain depends on its family's
         for name, labels, value, timestamp, exemplar, native_histogram in family.samples:
             if name not in plain_names:
                 _check_plain_sample_name(family, name, openmetrics_format)

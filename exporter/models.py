@@ -148,12 +148,6 @@ def model_entry_names(directory: Path) -> list[str]:
         return sorted(e.name for e in entries if _is_model_entry(e))
 
 
-def models_in_directory(directory: Path) -> list[ModelSpec]:
-    """The models of ``directory`` (``model_entry_names``), named after their paths
-    (a hub entry ``models--org--name`` is ``org/name``)."""
-    return [ModelSpec(directory / name) for name in model_entry_names(directory)]
-
-
 class ModelScanner:
     """Lists the sources and discovers every model's weight set, on each ``scan()``."""
 
@@ -190,6 +184,7 @@ class ModelScanner:
         return specs, error
 
     def _directory_specs(self, directory: Path) -> list[ModelSpec]:
+        """A spec per entry, named after its path (``models--org--name``: ``org/name``)."""
         names = model_entry_names(directory)
         known = self._entries
         specs = [known.get(n) or ModelSpec(directory / n) for n in names]

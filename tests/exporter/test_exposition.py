@@ -79,7 +79,10 @@ def _plain_families() -> list[Metric]:
     untyped = UnknownMetricFamily("demo_other", "Untyped.", labels=["k"])
     untyped.add_metric(["v"], 7)
     empty = GaugeMetricFamily("demo_empty", "A family without series.", labels=["model"])
-    return [size, bare, loads, duration, quantiles, untyped, empty]
+    # Plain here; the same sample name in demo_runs (a counter with created) is not.
+    lookalike = GaugeMetricFamily("demo_runs_created", "A gauge.", labels=["m"])
+    lookalike.add_metric(["a"], 1)
+    return [size, bare, loads, duration, quantiles, untyped, empty, lookalike]
 
 
 def _not_plain_families() -> dict[str, Metric]:
