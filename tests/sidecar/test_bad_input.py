@@ -125,7 +125,9 @@ def test_a_crash_loop_yields_one_sample_per_start(
     )
     sidecar.probe_startup()
     # Three starts that get ready and then crash, like an engine dying under load...
-    crash_after_ready = ("--startup-seconds", "0.3", "--crash-after", "1.2")
+    # Ready 0.3 s after the start at the soonest, but its imports alone take up to 1 s under
+    # load: the crash comes late enough that the sidecar sees every ready start.
+    crash_after_ready = ("--startup-seconds", "0.3", "--crash-after", "2.5")
     fake = processes.fake(
         start_fake_vllm(small_model, tmp_path, *crash_after_ready, port=port, instance=instance)
     )
