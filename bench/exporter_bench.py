@@ -161,8 +161,8 @@ class Exporter:
     port: int
 
     def cpu_seconds(self) -> float:
-        """CPU time of all its threads, in nanoseconds from schedstat (/proc/<pid>/stat
-        counts 10 ms ticks: too coarse for a 5 ms scrape)."""
+        """CPU seconds of all its threads, from their schedstat (nanoseconds; the 10 ms
+        ticks of /proc/<pid>/stat are too coarse for a 5 ms scrape)."""
         total = 0
         for task in Path(f"/proc/{self.process.pid}/task").iterdir():
             try:
@@ -230,7 +230,7 @@ class Measured:
     models: int
     files: int
     first_cpu_ms: float  # the first scrape: every tree scanned
-    cpu_ms: list[float]  # per steady-state scrape, from /proc/<pid>/stat
+    cpu_ms: list[float]  # per steady-state scrape, from its threads' schedstat
     latencies_ms: list[float]
     rss_kib: int
     hwm_kib: int

@@ -17,7 +17,7 @@ log = structlog.get_logger("pagewarm")
 
 DESCRIPTION = """\
 Serve Prometheus metrics about model weights on this node: page-cache residency per
-model and per file, the block devices and I/O schedulers serving them, the memory a
+model (and per file), the block devices and I/O schedulers serving them, the memory a
 pre-warm can use, and load and pre-warm durations from the sample store.
 
 It only observes: nothing on the host is changed. Every scrape looks at the models again
