@@ -157,11 +157,13 @@ class ModelScanner:
         weight_patterns: Sequence[str] = DEFAULT_WEIGHT_PATTERNS,
         metadata_patterns: Sequence[str] = DEFAULT_METADATA_PATTERNS,
         weight_sets: WeightSetCache | None = None,
+        *,
+        cross_filesystems: bool = False,
     ) -> None:
         self.sources = sources
         self.weight_patterns = tuple(weight_patterns)
         self.metadata_patterns = tuple(metadata_patterns)
-        self.weight_sets = weight_sets or WeightSetCache()
+        self.weight_sets = weight_sets or WeightSetCache(cross_filesystems=cross_filesystems)
         # Problems are logged when they appear or change, not on every scrape.
         self._reported: dict[str, str | None] = {}
         # A node's models directory lists the same 1,000 entries on every collection:

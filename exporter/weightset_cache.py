@@ -81,8 +81,11 @@ class WeightSetCache:
         self,
         max_age_seconds: float = MAX_AGE_SECONDS,
         settle_seconds: float = SETTLE_SECONDS,
+        *,
+        cross_filesystems: bool = False,
     ) -> None:
         self.max_age_seconds = max_age_seconds
+        self.cross_filesystems = cross_filesystems
         self.settle_seconds = settle_seconds
         self._known: dict[Path, _Known] = {}
         self.scans = 0  # full discoveries (tests count them)
@@ -102,7 +105,9 @@ class WeightSetCache:
         ):
             return known.weight_set
         self._known.pop(path, None)  # a scan that raises leaves nothing behind
-        weight_set = discover(path, weight_patterns, metadata_patterns)
+        weight_set = discover(
+            path, weight_patterns, metadata_patterns, cross_filesystems=self.cross_filesystems
+        )
         self.scans += 1
         if known is not None and weight_set == known.weight_set:
             # The same files: keep the object the collectors know (they key what they

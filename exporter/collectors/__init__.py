@@ -64,7 +64,12 @@ def build_collector_set(
     """Every built-in collector for ``models``, then ``extra_collectors``."""
     settings = settings or ExporterSettings()
     sources = ModelSources.of(models)
-    scanner = ModelScanner(sources, settings.weight_patterns, settings.metadata_patterns)
+    scanner = ModelScanner(
+        sources,
+        settings.weight_patterns,
+        settings.metadata_patterns,
+        cross_filesystems=settings.cross_filesystems,
+    )
     per_file_series = settings.per_file_series
     if per_file_series is None:  # a node's models directory: per-model series only
         per_file_series = sources.models_dir is None
