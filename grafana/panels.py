@@ -378,6 +378,25 @@ def bargauge_panel(
     return panel
 
 
+def _table(
+    title: str, description: str, unit: str, queries: Sequence[Query], size: Size
+) -> table.Panel:
+    """What every table shares: instant queries, a header, compact rows, no footer."""
+    return (
+        table.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .targets(list(_targets(queries)))
+        .unit(unit)
+        .span(size.width)
+        .height(size.height)
+        .show_header(True)
+        .cell_height(common.TableCellHeight.SM)
+        .footer(common_builders.TableFooterOptions().show(False).reducer(["sum"]))
+    )
+
+
 def table_panel(
     title: str,
     description: str,
@@ -394,17 +413,7 @@ def table_panel(
     with their header (a query's value is ``Value #<refId>``); every other field is hidden.
     ``unit`` applies to the value columns that have no unit of their own."""
     panel = (
-        table.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
-        .targets(list(_targets(queries)))
-        .unit(unit)
-        .span(size.width)
-        .height(size.height)
-        .show_header(True)
-        .cell_height(common.TableCellHeight.SM)
-        .footer(common_builders.TableFooterOptions().show(False).reducer(["sum"]))
+        _table(title, description, unit, queries, size)
         # merge: one row per label set; filterFieldsByName: the listed fields only (the
         # labels a cluster adds vary); organize: their order and headers.
         .with_transformation(models.DataTransformerConfig(id_val="merge", options={}))
@@ -483,17 +492,7 @@ def matrix_panel(
     """One instant query as a matrix: a row per value of the label ``rows``, a column per
     value of ``columns``, each cell coloured by ``steps`` (Grafana's grouping to matrix)."""
     return (
-        table.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
-        .targets(list(_targets([query])))
-        .unit(unit)
-        .span(size.width)
-        .height(size.height)
-        .show_header(True)
-        .cell_height(common.TableCellHeight.SM)
-        .footer(common_builders.TableFooterOptions().show(False).reducer(["sum"]))
+        _table(title, description, unit, [query], size)
         .with_transformation(
             models.DataTransformerConfig(
                 id_val="groupingToMatrix",
