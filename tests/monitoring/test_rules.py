@@ -309,7 +309,7 @@ def test_the_expected_schedulers_are_one_opt_in_expression() -> None:
         "record": "pagewarm:io_scheduler_expected:info",
         "expr": "vector(1) unless vector(1)",
     }
-    assert RULES.read_text().count("pagewarm:io_scheduler_expected:info\n") == 1
+    assert RULES.read_text().count("record: pagewarm:io_scheduler_expected:info\n") == 1
 
 
 def test_the_cold_load_fleet_test_is_the_generated_one() -> None:
