@@ -18,7 +18,9 @@ nothing is served from disk (no request path ever reaches the filesystem); reque
 are never read and capped; header lines are capped; a connection that sends no complete
 request within ``idle_timeout_seconds`` (idle keep-alive, or a slow client trickling its
 headers) is closed; a scrape waits for a collection at most ``scrape_timeout_seconds`` (or
-Prometheus's own X-Prometheus-Scrape-Timeout-Seconds, if shorter) and then gets a 503.
+Prometheus's own X-Prometheus-Scrape-Timeout-Seconds, if shorter) and then gets a 503;
+a malformed request gets its 400 and one short, rate-limited warning in the log
+(``exporter.requestlog``), not a traceback each.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from exporter import __version__
 from exporter.collection import Collection
 from exporter.collectors import Collector, Models, build_registry
 from exporter.models import ModelSources
+from exporter.requestlog import RequestErrorLog
 from exporter.settings import ExporterSettings
 
 log = structlog.get_logger("pagewarm")
@@ -178,6 +181,7 @@ async def serve(
         app,
         handle_signals=False,
         access_log=None,
+        logger=RequestErrorLog(),  # a malformed request: one short warning, rate-limited
         keepalive_timeout=idle_timeout_seconds,
         max_line_size=MAX_HEADER_LINE_BYTES,
         max_field_size=MAX_HEADER_LINE_BYTES,

@@ -5,7 +5,12 @@ Built once per scan and passed on to residency, pre-warm, eviction and metrics. 
 symbolic links (the Hugging Face cache keeps ``snapshots/<rev>/x.safetensors`` as links to
 ``blobs/<sha>``), detects link and directory loops, counts hard links and duplicate links
 once, and never opens anything that is not a regular file (a FIFO would block forever).
-Everything passed over is reported with its reason.
+It stays on the model root's filesystem: a directory on another one (a link to /, a mount
+below the root) is passed over unless asked (``cross_filesystems``), and kernel pseudo-
+filesystems (/proc, whose /proc/<pid>/root is every process's root, /sys, cgroupfs...) are
+never entered, nor accepted as a model root. Everything passed over is reported with its
+reason. A model path that yields no weight bytes is an error, never an empty weight set
+that a caller could take for "fully resident".
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
 from pathlib import Path
+
+from exporter.linux.statfs import pseudo_filesystem
 
 DEFAULT_WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
 DEFAULT_METADATA_PATTERNS: tuple[str, ...] = (
@@ -43,10 +50,21 @@ class SkipReason(StrEnum):
     DUPLICATE = "duplicate_inode"  # a hard link or second link to a file already counted
     OTHER_FORMAT = "other_format"  # .bin/.pt beside safetensors: loaders take safetensors
     VANISHED = "vanished"  # gone between listing and stat
+    OTHER_FILESYSTEM = "other_filesystem"  # a directory off the root's filesystem, not asked
+    PSEUDO_FILESYSTEM = "pseudo_filesystem"  # procfs, sysfs...: kernel state, never read
+
+
+# File names an error message shows at most ("a, b, c and 7 more").
+_NAMES_IN_A_MESSAGE = 3
 
 
 class ModelPathError(Exception):
-    """MODEL_PATH cannot be used at all (missing, not a directory or regular file)."""
+    """MODEL_PATH cannot be used at all (missing, not a directory or regular file, on a
+    pseudo-filesystem, or without weight files)."""
+
+
+class EmptyWeightSetError(ModelPathError):
+    """MODEL_PATH holds no weight file with data: nothing to measure, warm or evict."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +145,26 @@ def model_name_for_path(path: str | os.PathLike[str]) -> str:
 
 
 class _Walker:
-    def __init__(self, weight_patterns: tuple[str, ...], metadata_patterns: tuple[str, ...]):
+    def __init__(
+        self,
+        weight_patterns: tuple[str, ...],
+        metadata_patterns: tuple[str, ...],
+        root_device: int,
+        *,
+        cross_filesystems: bool = False,
+    ):
         self.weight_patterns = weight_patterns
         self.metadata_patterns = metadata_patterns
+        self.root_device = root_device
+        self.cross_filesystems = cross_filesystems
         self.found: list[WeightFile] = []
         self.skipped: list[Skipped] = []
+        self.unmatched: list[str] = []  # a few names that matched no pattern
+        self.unmatched_count = 0
         self._inodes: dict[tuple[int, int], Path] = {}
         self._real_dirs: dict[str, Path] = {}
+        # st_dev -> the pseudo-filesystem it is, or None: one statfs per device a walk meets.
+        self._pseudo: dict[int, str | None] = {}
         self.directories: list[Path] = []
 
     def skip(self, path: Path, reason: SkipReason, detail: str) -> None:
@@ -146,19 +177,34 @@ class _Walker:
             return FileRole.WEIGHTS
         return None
 
-    def walk(self, root: Path) -> None:
-        root_stat = root.stat()
+    def pseudo(self, path: Path | str, device: int) -> str | None:
+        """The pseudo-filesystem holding ``path``, if it is on one (None on the root's)."""
+        if device == self.root_device:
+            return None
+        if device not in self._pseudo:
+            self._pseudo[device] = pseudo_filesystem(path, device)
+        return self._pseudo[device]
+
+    def walk(self, root: Path, root_stat: os.stat_result) -> None:
         visited = {(root_stat.st_dev, root_stat.st_ino)}
+        ancestors = _ancestors(root)
         pending = [root]
         while pending:
             directory = pending.pop()
             self.directories.append(directory)
             for entry in self._list(directory):
-                subdir = self._as_directory(entry, visited)
+                subdir = self._as_directory(entry, visited, ancestors)
                 if subdir is not None:
                     pending.append(subdir)
                 elif (role := self.role_of(entry.name)) is not None:
                     self.add(Path(entry.path), role, entry)
+                else:
+                    self._note_unmatched(entry)
+
+    def _note_unmatched(self, entry: os.DirEntry[str]) -> None:
+        self.unmatched_count += 1
+        if len(self.unmatched) < _NAMES_IN_A_MESSAGE:
+            self.unmatched.append(entry.name)
 
     def _list(self, directory: Path) -> list[os.DirEntry[str]]:
         try:
@@ -170,19 +216,48 @@ class _Walker:
             self.skip(directory, SkipReason.VANISHED, "directory vanished while scanning")
         return []
 
-    def _as_directory(self, entry: os.DirEntry[str], visited: set[tuple[int, int]]) -> Path | None:
+    def _as_directory(
+        self,
+        entry: os.DirEntry[str],
+        visited: set[tuple[int, int]],
+        ancestors: dict[tuple[int, int], Path],
+    ) -> Path | None:
         try:
             if not entry.is_dir(follow_symlinks=True):
                 return None
             st = entry.stat(follow_symlinks=True)
         except OSError:
             return None
+        path = Path(entry.path)
         key = (st.st_dev, st.st_ino)
         if key in visited:
-            self.skip(Path(entry.path), SkipReason.DIRECTORY_LOOP, "directory already visited")
+            self.skip(path, SkipReason.DIRECTORY_LOOP, "directory already visited")
+            return None
+        if key in ancestors:
+            # find -L's rule: a link to a directory above the root would walk its siblings.
+            self.skip(path, SkipReason.DIRECTORY_LOOP, f"{ancestors[key]} holds the model root")
+            return None
+        if not self._may_enter(path, st.st_dev):
             return None
         visited.add(key)
-        return Path(entry.path)
+        return path
+
+    def _may_enter(self, path: Path, device: int) -> bool:
+        if device == self.root_device:
+            return True
+        if (kind := self.pseudo(path, device)) is not None:
+            self.skip(path, SkipReason.PSEUDO_FILESYSTEM, f"{kind}: kernel state, not storage")
+            return False
+        if not self.cross_filesystems:
+            self.skip(
+                path,
+                SkipReason.OTHER_FILESYSTEM,
+                f"on another filesystem than the model root (device "
+                f"{os.major(device)}:{os.minor(device)}); PAGEWARM_CROSS_FILESYSTEMS=true "
+                "follows it",
+            )
+            return False
+        return True
 
     def add(self, path: Path, role: FileRole, entry: os.DirEntry[str] | None = None) -> None:
         try:
@@ -193,6 +268,11 @@ class _Walker:
             return
         if not stat.S_ISREG(st.st_mode):
             self.skip(path, SkipReason.NOT_REGULAR, f"{_file_type(st.st_mode)}, not opened")
+            return
+        # A link to a file elsewhere is followed (blobs on another disk), into /proc never:
+        # /proc/kcore is a "regular file" of 128 TiB.
+        if (kind := self.pseudo(path, st.st_dev)) is not None:
+            self.skip(path, SkipReason.PSEUDO_FILESYSTEM, f"{kind}: kernel state, not storage")
             return
         key = (st.st_dev, st.st_ino)
         if key in self._inodes:
@@ -222,6 +302,18 @@ class _Walker:
             self.skip(path, SkipReason.PERMISSION_DENIED, str(exc))
         else:
             self.skip(path, SkipReason.VANISHED, str(exc))
+
+
+def _ancestors(root: Path) -> dict[tuple[int, int], Path]:
+    """(st_dev, st_ino) of every directory above the root's real path, up to /."""
+    found: dict[tuple[int, int], Path] = {}
+    for parent in Path(os.path.realpath(root)).parents:
+        try:
+            st = parent.stat()
+        except OSError:
+            continue
+        found[(st.st_dev, st.st_ino)] = parent
+    return found
 
 
 def _file_type(mode: int) -> str:
@@ -280,30 +372,104 @@ def discover(
     metadata_patterns: Iterable[str] = DEFAULT_METADATA_PATTERNS,
     *,
     prefer_safetensors: bool = True,
+    cross_filesystems: bool = False,
 ) -> WeightSet:
-    """Find the weight set under ``model_path`` (a directory or a single file)."""
+    """Find the weight set under ``model_path`` (a directory or a single file).
+
+    Raises ``ModelPathError`` when the path cannot be a model: missing, unreadable, neither
+    a directory nor a regular file, on a pseudo-filesystem, or holding no weight bytes
+    (``EmptyWeightSetError``)."""
     path = Path(model_path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise ModelPathError(f"model path {path} does not exist") from None
-    except OSError as exc:
-        raise ModelPathError(f"model path {path} cannot be read: {exc.strerror}") from None
-    walker = _Walker(tuple(weight_patterns), tuple(metadata_patterns))
+    st = _stat_model_path(path, path)
     if stat.S_ISREG(st.st_mode):
-        walker.add(path, walker.role_of(path.name) or FileRole.WEIGHTS)
-        return WeightSet(path, tuple(walker.found), tuple(walker.skipped))
-    if not stat.S_ISDIR(st.st_mode):
+        root, root_stat = path, st
+    elif stat.S_ISDIR(st.st_mode):
+        try:
+            root = resolve_model_root(path)
+        except OSError as exc:
+            raise ModelPathError(f"model path {path} cannot be read: {exc.strerror}") from None
+        root_stat = _stat_model_path(root, path)
+    else:
         raise ModelPathError(
             f"model path {path} is a {_file_type(st.st_mode)}, not a directory or a file"
         )
-    root = resolve_model_root(path)
-    walker.walk(root)
-    if prefer_safetensors:
-        _drop_other_formats(walker)
-    return WeightSet(
-        root,
-        tuple(_load_order(walker.found)),
-        tuple(walker.skipped),
-        tuple(walker.directories),
+    if (kind := pseudo_filesystem(root, root_stat.st_dev)) is not None:
+        raise ModelPathError(
+            f"model path {path} is on {kind}, a kernel pseudo-filesystem, not model storage"
+        )
+    patterns = tuple(weight_patterns)
+    walker = _Walker(
+        patterns, tuple(metadata_patterns), root_stat.st_dev, cross_filesystems=cross_filesystems
     )
+    if stat.S_ISREG(root_stat.st_mode):
+        walker.add(path, walker.role_of(path.name) or FileRole.WEIGHTS)
+        weight_set = WeightSet(path, tuple(walker.found), tuple(walker.skipped))
+    else:
+        walker.walk(root, root_stat)
+        if prefer_safetensors:
+            _drop_other_formats(walker)
+        weight_set = WeightSet(
+            root,
+            tuple(_load_order(walker.found)),
+            tuple(walker.skipped),
+            tuple(walker.directories),
+        )
+    _require_weight_bytes(path, weight_set, walker, patterns)
+    return weight_set
+
+
+def _stat_model_path(path: Path, given: Path) -> os.stat_result:
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        raise ModelPathError(f"model path {given} does not exist") from None
+    except OSError as exc:
+        raise ModelPathError(f"model path {given} cannot be read: {exc.strerror}") from None
+
+
+def _require_weight_bytes(
+    path: Path, weight_set: WeightSet, walker: _Walker, patterns: tuple[str, ...]
+) -> None:
+    """An empty weight set would measure as "0 of 0 bytes": 100% resident, warmed in no
+    time. Whatever the cause (a download not started, patterns that match nothing, only
+    FIFOs or dead links), it is an error that says what was looked for and what was found."""
+    weights = weight_set.weight_files
+    if any(f.size for f in weights):
+        return
+    if weights and weight_set.root == weights[0].path:  # a single-file model
+        raise EmptyWeightSetError(f"model path {path} is an empty file (0 bytes)")
+    if weights:
+        names = [weight_set.display_name(f) for f in weights]
+        raise EmptyWeightSetError(
+            f"the weight files under {path} are all empty (0 bytes): {_examples(names)}"
+        )
+    found = []
+    if metadata := [weight_set.display_name(f) for f in weight_set.files]:
+        found.append(f"{_count(len(metadata), 'metadata file')}: {_examples(metadata)}")
+    if weight_set.skipped:
+        first = weight_set.skipped[0]
+        found.append(
+            f"{len(weight_set.skipped)} skipped, e.g. {first.path.name} ({first.reason}: "
+            f"{first.detail})"
+        )
+    if walker.unmatched_count:
+        found.append(
+            f"{walker.unmatched_count} matching no pattern: "
+            + _examples(walker.unmatched, walker.unmatched_count)
+        )
+    raise EmptyWeightSetError(
+        f"no weight files under {path} (looked for {', '.join(patterns) or 'no pattern'}; "
+        f"found {'; '.join(found) or 'nothing'})"
+    )
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _examples(names: list[str], total: int | None = None) -> str:
+    """``a, b, c and 7 more``: a message names a few files, not thousands."""
+    total = len(names) if total is None else total
+    shown = names[:_NAMES_IN_A_MESSAGE]
+    more = total - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")

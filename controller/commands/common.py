@@ -99,22 +99,21 @@ def model_path(args: argparse.Namespace, settings: CommonSettings) -> Path:
     return path
 
 
-def weight_set(
-    args: argparse.Namespace, settings: CommonSettings, *, require: bool = True
-) -> WeightSet:
-    """The weight set of the command's MODEL_PATH; an empty one is an error when required."""
-    path = model_path(args, settings)
-    found = discover(path, settings.weight_patterns, settings.metadata_patterns)
+def weight_set(args: argparse.Namespace, settings: CommonSettings) -> WeightSet:
+    """The weight set of the command's MODEL_PATH; ModelPathError when there is none (an
+    empty one included: no command measures, warms or evicts nothing as a success)."""
+    found = discover(
+        model_path(args, settings),
+        settings.weight_patterns,
+        settings.metadata_patterns,
+        cross_filesystems=settings.cross_filesystems,
+    )
     for skipped in found.skipped:
         log.warning(
             "file skipped",
             path=str(skipped.path),
             reason=str(skipped.reason),
             detail=skipped.detail,
-        )
-    if require and not found.weight_files:
-        raise UsageError(
-            f"no weight files under {path} (patterns: {', '.join(settings.weight_patterns)})"
         )
     return found
 

@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace, settings: CommonSettings) -> int:
-    weight_set = common.weight_set(args, settings, require=False)
+    weight_set = common.weight_set(args, settings)
     residency = common.probe(settings).measure(weight_set, MAP_BUCKETS if args.map else 0)
     if args.json:
         common.print_json(residency_document(residency))

@@ -5,7 +5,9 @@ The store is read incrementally on every collection and folded into state kept f
 life of the process, so histograms and counters only grow: a rotated or truncated store
 is read again from its start (``SampleReader``), a torn last line waits until it is
 complete, and a sample seen twice (by its id, e.g. when a rotation copied it) is counted
-once. Restarting the exporter reads the whole store again, which Prometheus sees as a
+once. A line that is not a valid sample (``exporter.samples`` says which are not) is
+counted in ``pagewarm_sample_store_invalid_lines_total`` and never costs the sample after
+it. Restarting the exporter reads the whole store again, which Prometheus sees as a
 counter reset.
 
 - kind=load: ``pagewarm_load_duration_seconds{model,mode}`` (ok loads only),
@@ -21,7 +23,6 @@ counter reset.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -103,7 +104,6 @@ class SampleState:
     last_prewarms: dict[str, Last] = field(default_factory=dict)
     # model -> [replays, bytes read, stale entries] of start-up profiles
     profile_replays: dict[str, list[int]] = field(default_factory=dict)
-    rejected: int = 0  # valid JSON, but a duration no histogram can take
 
     def expect(self, model: str) -> None:
         """Zero series for a configured model before its first sample: rate() and
@@ -118,9 +118,7 @@ class SampleState:
             self.prewarm_runs.setdefault((model, name), 0)
 
     def add(self, sample: Sample) -> None:
-        if not math.isfinite(sample.seconds) or sample.seconds < 0:
-            self.rejected += 1
-            return
+        # Validation has made seconds finite and non-negative, timestamps UTC.
         model = label_value(sample.model)
         if sample.kind is SampleKind.LOAD:
             self._add_load(model, sample)
@@ -302,5 +300,5 @@ class SamplesCollector:
             "pagewarm_sample_store_invalid_lines",
             "Lines of the sample store that were not valid samples (skipped).",
         )
-        invalid.add_metric([], self.reader.invalid_lines + self.state.rejected)
+        invalid.add_metric([], self.reader.invalid_lines)
         return invalid

@@ -4,15 +4,19 @@ a graceful stop on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from exporter.requestlog import MALFORMED_LOG_INTERVAL_SECONDS
+from tests.exporter.test_server import MALFORMED_REQUESTS
 from tests.prometheus import running_exporter
 from tests.support import NOBODY_UID, REPO, require_root, write_random
 
@@ -31,11 +35,13 @@ def _env_without_models() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in MODEL_VARIABLES}
 
 
-def _cli(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str | os.PathLike[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The real CLI with no model in the environment (pagewarm() keeps the caller's)."""
     return subprocess.run(
         [sys.executable, "-m", "controller.cli", *map(str, args)],
-        env={**_env_without_models(), "PAGEWARM_LOG_FORMAT": "json"},
+        env={**_env_without_models(), "PAGEWARM_LOG_FORMAT": "json", **(env or {})},
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -73,6 +79,42 @@ def test_models_from_the_environment(tmp_path: Path) -> None:
         text = exporter.get("/metrics")
     for name in ("a", "b", "org/tiny"):
         assert f'pagewarm_model_present{{model="{name}"}} 1.0' in text
+
+
+def test_per_file_series_from_the_flag_the_environment_or_the_models_shape(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    for name in ("a", "b"):
+        write_random(models / name / "model.safetensors", 64 * KiB)
+    env = {**_env_without_models(), "PAGEWARM_PER_FILE_SERIES": "auto"}
+    runs = {
+        "directory, auto": (["--models-dir", models], env, False),
+        "directory, flag": (["--models-dir", models, "--per-file-series"], env, True),
+        "one model, auto": (["--model-path", models / "a"], env, True),
+        "one model, flag": (["--model-path", models / "a", "--no-per-file-series"], env, False),
+        "one model, environment": (
+            ["--model-path", models / "a"],
+            {**env, "PAGEWARM_PER_FILE_SERIES": "false"},
+            False,
+        ),
+        "environment, flag wins": (
+            ["--models-dir", models, "--per-file-series"],
+            {**env, "PAGEWARM_PER_FILE_SERIES": "false"},
+            True,
+        ),
+    }
+    for case, (args, run_env, per_file) in runs.items():
+        with running_exporter(*args, env=run_env) as exporter:
+            text = exporter.get("/metrics")
+        assert 'pagewarm_model_size_bytes{model="a"}' in text, case
+        assert (
+            'pagewarm_file_size_bytes{file="model.safetensors",model="a"}' in text
+        ) is per_file, case
+
+    bad = _cli("exporter", "--models-dir", models, env={"PAGEWARM_PER_FILE_SERIES": "sometimes"})
+    assert bad.returncode == 2
+    assert "per_file_series" in bad.stderr
 
 
 def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
@@ -132,3 +174,30 @@ def test_the_exporter_command_loads_no_other_command() -> None:
         "controller.commands.common",
         "controller.commands.exporter",
     }
+
+
+def _status_of(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer.split(b" ", 2)[1]
+
+
+def test_malformed_requests_cost_one_short_warning_not_a_traceback_each(tmp_path: Path) -> None:
+    write_random(tmp_path / "m" / "model.safetensors", 64 * KiB)
+    with running_exporter("--model-path", tmp_path / "m") as exporter:
+        started = time.monotonic()
+        for _ in range(10):
+            for request in MALFORMED_REQUESTS:
+                assert _status_of(exporter.port, request) == b"400", request[:30]
+        elapsed = time.monotonic() - started
+        assert "pagewarm_model_files" in exporter.get("/metrics")  # and it still serves
+    after = exporter.logs[[line.get("event") for line in exporter.logs].index("serving") + 1 :]
+    assert [line for line in after if line.get("level") not in ("info", "warning")] == []
+    warnings = exporter.events("malformed request refused")
+    assert 1 <= len(warnings) <= 1 + elapsed // MALFORMED_LOG_INTERVAL_SECONDS
+    assert all(len(json.dumps(line)) < 400 for line in warnings)
+    # 60 bad requests: 1.9 KB of ERROR and traceback each before; the whole log now.
+    assert sum(len(json.dumps(line)) for line in after) < 2000

@@ -135,7 +135,7 @@ def test_rotation_and_truncation_keep_what_was_counted(tmp_path: Path) -> None:
 def test_invalid_lines_are_counted_and_skipped(tmp_path: Path) -> None:
     store = tmp_path / "samples.jsonl"
     _append(store, _load(2.0), raw='not json\n{"model": "m"}\n')
-    _append(store, _load(-1.0), _load(float("nan")))
+    _append(store, raw='{"model": "m", "seconds": -1}\n{"model": "m", "seconds": NaN}\n')
     metrics = list(SamplesCollector(store).collect())
     assert value(metrics, "pagewarm_load_duration_seconds_count") == 1
     assert value(metrics, "pagewarm_sample_store_invalid_lines_total") == 4

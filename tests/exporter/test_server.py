@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
+import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod, BadStatusLine
 from aiohttp.typedefs import Handler
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from exporter.models import ModelSpec
+from exporter.requestlog import MAX_ERROR_CHARS, RequestErrorLog
 from exporter.server import create_app, serve
 from exporter.settings import ExporterSettings
 from tests.exporter.test_collection import PATIENCE_SECONDS, GatedRegistry
@@ -55,6 +59,17 @@ async def _raw(port: int, request: bytes) -> bytes:
     answer = await asyncio.wait_for(reader.read(), PATIENCE_SECONDS)
     writer.close()
     return answer
+
+
+# Requests aiohttp cannot parse, as scanners and confused clients send them.
+MALFORMED_REQUESTS = (
+    b"GARBAGE\r\n\r\n",  # not a method
+    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(64),  # TLS on the plain port
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+    b"GET /metrics HTTP/9.9\r\n\r\n",
+    b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n",  # a request line too long
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+)
 
 
 def _settings(tmp_path: Path, **overrides: object) -> ExporterSettings:
@@ -295,3 +310,50 @@ def test_shutdown_lets_a_scrape_in_flight_finish(tmp_path: Path) -> None:
                 await http.get(f"http://127.0.0.1:{port}/healthz")
 
     asyncio.run(scenario())
+
+
+def test_malformed_requests_are_one_short_warning_per_interval() -> None:
+    now = [100.0]
+    errors = RequestErrorLog(interval_seconds=60.0, clock=lambda: now[0])
+    with structlog.testing.capture_logs() as logged:
+        for _ in range(5):
+            errors.exception(
+                "Error handling request from %s",
+                "10.0.0.7",
+                exc_info=BadStatusLine("\x16\x03\x01" + "x" * 5000),
+            )
+        now[0] += 59.0
+        errors.debug("Error handling request from %s", "10.0.0.8", exc_info=BadHttpMethod("X"))
+        now[0] += 1.0
+        errors.exception("Error handling request from %s", "10.0.0.9", exc_info=BadStatusLine("y"))
+    assert [(e["event"], e["log_level"], e["peer"], e["suppressed"]) for e in logged] == [
+        ("malformed request refused", "warning", "10.0.0.7", 0),
+        ("malformed request refused", "warning", "10.0.0.9", 5),
+    ]
+    assert len(logged[0]["error"]) <= MAX_ERROR_CHARS
+    assert logged[0]["error"].startswith("BadStatusLine: Bad status line")
+
+
+def test_malformed_requests_get_400_and_no_traceback_but_handler_bugs_keep_theirs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(request: web.Request) -> web.Response:
+        raise RuntimeError("a bug in a pagewarm handler")
+
+    async def scenario() -> None:
+        app = create_app(
+            _settings(tmp_path), registry=GatedRegistry(), extra_routes=[web.get("/bug", broken)]
+        )
+        async with serving(app) as port:
+            for request in MALFORMED_REQUESTS:
+                answer = await _raw(port, request)
+                assert answer.split(b" ", 2)[1] == b"400", (request[:30], answer[:100])
+            answer = await _raw(port, b"GET /bug HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert answer.split(b" ", 2)[1] == b"500"
+
+    with caplog.at_level(logging.DEBUG, logger="aiohttp"):
+        asyncio.run(scenario())
+    records = [r for r in caplog.records if r.name.startswith("aiohttp")]
+    assert [(r.levelno, str(r.exc_info[1]) if r.exc_info else "") for r in records] == [
+        (logging.ERROR, "a bug in a pagewarm handler")
+    ]
