@@ -2,28 +2,26 @@
 # The GPU cold-start benchmark (issue 8), as run on the lent H200 machine. Reproducible on any
 # Linux GPU box with PyTorch + safetensors: see docs/benchmarks/h200.md.
 #
-#   bench/gpu/h200.sh setup|core|schedulers|sidecar|startup [OUT_DIR]
+#   bench/gpu/h200.sh setup|core|schedulers|startup [OUT_DIR]
 #
 # setup       install pagewarm (and the wheels in .whl/ that the box lacks), record the machine
 # core        synth a 16 GiB Llama-shaped model (timed), the O_DIRECT reference, then
 #             `pagewarm bench --loader torch-cuda` with pre-warm variants, 3 runs per mode
 # schedulers  the I/O scheduler experiment (none vs mq-deadline; restored afterwards)
-# sidecar     the vLLM stand-in on the GPU with a 20 s startup: no sidecar cold/warm,
-#             --gate full, --gate none (issue 8; superseded by startup)
+# sidecar     (issue 8's sleeping stand-in: replaced by startup)
 # startup     the realistic engine (torch + transformers imported for real, CUDA initialised,
 #             from_pretrained(device_map="cuda")): its start-up recorded from an all-cold
 #             cache (drop_caches), then 3 cache states x {alone, weights pre-warm, profile
 #             replay + weights} (issue 15); RUNS rounds, PROFILE keeps the recording between
 #             calls (a later call reuses it)
 set -euo pipefail
-phase="${1:?setup|core|schedulers|sidecar|startup}"
+phase="${1:?setup|core|schedulers|startup}"
 out="${2:-${OUT:-/tmp/pagewarm-out}}"
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 model="${MODEL_DIR:-/var/tmp/pagewarm-h200/model}"
 size="${MODEL_SIZE:-16GiB}"
 runs="${RUNS:-3}"
 variants="${PREWARM_VARIANTS:-populate:8,read:8,read:16}"
-startup="${SIDECAR_STARTUP:-20}"
 loader="${LOADER:-torch-cuda}"
 device="${DEVICE:-cuda}"
 framework="${FRAMEWORK:-transformers}"
@@ -86,10 +84,8 @@ schedulers)
     pagewarm scheduler show || true
     ;;
 sidecar)
-    ensure_model
-    log "sidecar bench, startup ${startup}s"
-    python3 "$repo/bench/sidecar_bench.py" "$model" --startup "$startup" --runs 2 \
-        --loader torch --device "$device" --out "$out/sidecar_bench.json"
+    echo "the sidecar phase (issue 8's sleeping stand-in) is gone: run the startup phase" >&2
+    exit 2
     ;;
 startup)
     ensure_model

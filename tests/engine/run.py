@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 from controller.linux.pagecache import drop
 from tests.engine import libtree
-from tests.sidecar.pod import REPO, FakeVllm, free_port
+from tests.sidecar.pod import REPO, FakeVllm, fake_vllm_argv, free_port
 
 ENGINE = Path(__file__).resolve().with_name("engine.py")
 
@@ -34,20 +33,7 @@ def engine_env(site_packages: Path | None) -> dict[str, str]:
 def engine_argv(
     model: Path, port: int, events: Path, log: Path, instance: str, *args: str
 ) -> list[str]:
-    return [
-        sys.executable,
-        str(ENGINE),
-        str(model),
-        "--port",
-        str(port),
-        "--events",
-        str(events),
-        "--log-file",
-        str(log),
-        *args,
-        "--instance",
-        instance,
-    ]
+    return fake_vllm_argv(model, port, events, log, instance, *args, script=ENGINE)
 
 
 def start_engine(

@@ -206,11 +206,18 @@ def process_pattern(instance: str) -> str:
 
 
 def fake_vllm_argv(
-    model: Path, port: int, events: Path, log: Path, instance: str, *args: str
+    model: Path,
+    port: int,
+    events: Path,
+    log: Path,
+    instance: str,
+    *args: str,
+    script: Path = FAKE_VLLM,
 ) -> list[str]:
+    """The stand-in's command line (``script``: another stand-in with the same flags)."""
     return [
         sys.executable,
-        str(FAKE_VLLM),
+        str(script),
         str(model),
         "--port",
         str(port),
