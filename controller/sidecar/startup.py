@@ -31,7 +31,12 @@ from controller.sidecar.settings import SidecarConfig
 from controller.sidecar.state import ProfilePhase, StartupProfileState
 from controller.units import format_bytes
 from exporter.linux.proc import ProcessInfo
-from exporter.linux.procfiles import ProcessAccessError, process_root, uses_any
+from exporter.linux.procfiles import (
+    ProcessAccessError,
+    process_root,
+    storage_read_bytes,
+    uses_any,
+)
 from exporter.residency import ResidencyProbe
 
 log = structlog.get_logger("pagewarm")
@@ -43,8 +48,9 @@ WAIT_TICK_SECONDS = 0.05
 # The replay found this much of the profile missing: vLLM's libraries were cold, so its
 # imports read from the disk for a while yet.
 COLD_LIBRARIES_FRACTION = 0.25
-# How long the weights wait for vLLM to start reading them, at most.
+# How long the weights wait for vLLM's own reads to pause, at most; and what a pause is.
 HOLD_WEIGHTS_SECONDS = 300.0
+QUIET_SECONDS = 0.25
 
 
 def profile_path(configured: Path, key: ProfileKey) -> Path:
@@ -183,12 +189,13 @@ class StartupProfiler:
             )
 
     async def hold_weights(self) -> None:
-        """After a replay that found vLLM's libraries cold: wait until vLLM starts reading
-        its weights before warming them at full speed. Measured on the H200: a full-speed
+        """After a replay that found vLLM's libraries cold: warm the weights only once vLLM
+        stops reading from the disk itself (its imports are done: it initialises, on the
+        CPU or the GPU) or starts reading its weights. Measured on the H200: a full-speed
         warm beside cold imports slowed them by more than it saved (6.4 s of imports became
         14-18 s: the importer's small reads, and metadata no profile holds, queue behind
-        the warm's large ones). Started beside the loader instead, the warm reads ahead of
-        it, in load order, at the disk's full speed, which one loader thread does not."""
+        the warm's large ones). Started after them, the warm reads ahead of the loader, in
+        load order, at the disk's full speed, which one loader thread does not."""
         result, engine = self.state.result, self._engine
         if result is None or engine is None or not result.planned_bytes:
             return
@@ -196,18 +203,32 @@ class StartupProfiler:
             return  # the libraries were resident: the imports do not wait for the disk
         weights = frozenset((f.device, f.inode) for f in self.config.weight_set.weight_files)
         began = time.monotonic()
-        self.state.detail = "libraries were cold: the weights wait for vLLM to read them"
-        while not self.cancel.is_set() and time.monotonic() - began < HOLD_WEIGHTS_SECONDS:
-            try:
-                if await asyncio.to_thread(uses_any, engine.pid, weights):
-                    break
-            except ProcessAccessError:
-                break  # gone, or not visible: nothing to wait for
-            await asyncio.sleep(WAIT_TICK_SECONDS)
+        self.state.detail = "libraries were cold: the weights wait for vLLM's imports"
+        why = "timeout"
+        try:
+            why = await self._until_quiet_or_loading(engine.pid, weights, began)
+        except ProcessAccessError:
+            why = "vLLM's process is gone or not readable"
         log.info(
             "weights warm held back while vLLM imported",
             seconds=round(time.monotonic() - began, 3),
+            until=why,
         )
+
+    async def _until_quiet_or_loading(
+        self, pid: int, weights: frozenset[tuple[int, int]], began: float
+    ) -> str:
+        last, quiet_since = await asyncio.to_thread(storage_read_bytes, pid), time.monotonic()
+        while not self.cancel.is_set() and time.monotonic() - began < HOLD_WEIGHTS_SECONDS:
+            await asyncio.sleep(WAIT_TICK_SECONDS)
+            if await asyncio.to_thread(uses_any, pid, weights):
+                return "vLLM reads its weights"
+            now, read = time.monotonic(), await asyncio.to_thread(storage_read_bytes, pid)
+            if read != last:
+                last, quiet_since = read, now
+            elif now - quiet_since >= QUIET_SECONDS:
+                return "vLLM's own reads paused"
+        return "timeout"
 
     async def _wait_engine(self, seconds: float | None) -> bool:
         deadline = None if seconds is None else time.monotonic() + seconds
