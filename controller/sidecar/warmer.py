@@ -134,9 +134,10 @@ class Warmer:
     async def _warm_steps(self) -> None:
         settings = self.config.settings
         profiler = self.profiler
-        # The warm, a start-up profile's replay included, began now: a vLLM start after this
-        # is the one it was for.
-        self.state.warm.started_monotonic = time.monotonic()
+        if settings.prewarm_enabled:
+            # The warm, a start-up profile's replay included, began now: a vLLM start after
+            # this is the one it was for (without a pre-warm there is none to claim).
+            self.state.warm.started_monotonic = time.monotonic()
         if settings.prewarm_enabled:
             # With --gate none vLLM starts at once: its libraries first, at a small I/O
             # depth, while it imports them; then the weights at full speed (see hold_weights).

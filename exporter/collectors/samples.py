@@ -273,6 +273,9 @@ class SamplesCollector:
         return [duration, runs, *last.values()]
 
     def _profile_families(self) -> list[Metric]:
+        """Only once a start-up profile was replayed: most exporters never see one."""
+        if not self.state.profile_replays:
+            return []
         families: list[CounterMetricFamily] = [
             counter(
                 "pagewarm_startup_profile_replays",
