@@ -66,9 +66,8 @@ class Warmer:
         self.writer = writer
         self.stop_event = stop  # the sidecar is stopping (SIGTERM, or a task ended)
         self.on_warm_finished = on_warm_finished  # the gate looks again at once
-        self.cancel_event = (
-            self.profiler.cancel
-        )  # the threads' stop signal (warm, replay, keep-warm)
+        # The threads' stop signal (warm, replay, keep-warm).
+        self.cancel_event = self.profiler.cancel
         self.weight_lock = WeightLock()
         self.prewarm_sample: Sample | None = None  # once recorded
         self.stuck = False  # a thread that would block the exit (see stop)
@@ -138,7 +137,6 @@ class Warmer:
             # The warm, a start-up profile's replay included, began now: a vLLM start after
             # this is the one it was for (without a pre-warm there is none to claim).
             self.state.warm.started_monotonic = time.monotonic()
-        if settings.prewarm_enabled:
             # With --gate none vLLM starts at once: its libraries first, at a small I/O
             # depth, while it imports them; then the weights at full speed (see hold_weights).
             gate_none = self.config.policy.kind is GateKind.NONE
