@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -16,25 +17,26 @@ from controller.linux.pagecache import drop
 REPO = Path(__file__).resolve().parent.parent
 NOBODY_UID = 65534
 NOBODY_GID = 65534
-IN_CI = os.environ.get("CI") == "true"
+
+
+def in_ci(environ: Mapping[str, str] = os.environ) -> bool:
+    """CI is set to true, 1 or yes (any case): then every skip is a failure (conftest.py)."""
+    return environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+IN_CI = in_ci()
 
 
 def require_binary(name: str) -> str:
-    """The path of a tool a test drives; skip locally when missing, fail in CI."""
+    """The path of a tool a test drives; skip locally when missing (a failure in CI)."""
     found = shutil.which(name) or shutil.which(name, path=str(REPO / ".tools" / "bin"))
     if found:
         return found
-    message = f"{name} not installed (make tools installs it)"
-    if IN_CI:
-        pytest.fail(f"{message}: CI must have it")
-    pytest.skip(message)
-    raise AssertionError("unreachable")
+    pytest.skip(f"{name} not installed (make tools installs it)")
 
 
 def require_root(why: str) -> None:
     if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail(f"CI runs as root: {why}")
         pytest.skip(f"needs root: {why}")
 
 
