@@ -72,7 +72,8 @@ def _fresh_machine(tmp_path: Path, *, uid: int, npm: bool) -> tuple[Path, dict[s
     _script(
         bin_dir / "apt-get",
         f'echo "$*" >> {tmp_path}/apt.log\n'
-        f'[[ $1 == install && " $* " == *" npm "* ]] && {_which("ln")} -s {npm_command} {bin_dir}/npm\n'
+        f'[[ $1 == install && " $* " == *" npm "* ]] && '
+        f"{_which('ln')} -s {npm_command} {bin_dir}/npm\n"
         "exit 0\n",
     )
     return root, {"PATH": str(bin_dir), "HOME": str(tmp_path)}
