@@ -5,7 +5,8 @@ one dedicated worker thread, never on the event loop. Scrapes that arrive while 
 collection is running wait for that one instead of starting their own, and a finished
 collection serves every scrape for ``max_age_seconds``: fifty Prometheus servers scraping
 at once cost about one collection. The exposition of a collection is rendered once per
-format (text 0.0.4 or OpenMetrics, gzipped or not) on the same thread and cached with it.
+format (text 0.0.4 or OpenMetrics, gzipped or not; ``exporter.exposition``) on the same
+thread and cached with it.
 
 A scrape that gives up (its client went away, or its timeout passed) does not cancel the
 shared collection: the next scrape picks up its result.
@@ -29,8 +30,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from prometheus_client.core import Metric
-from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.exposition import gzip_accepted
 from prometheus_client.registry import Collector
+
+from exporter.exposition import encoder_for
 
 T = TypeVar("T")
 
@@ -104,7 +107,7 @@ class Collection:
         """The exposition of a fresh-enough collection in the format the client asked for
         (prometheus_client's content negotiation), gzipped when it accepts gzip."""
         snapshot = await self.snapshot()
-        encoder, content_type = choose_encoder(accept)
+        encoder, content_type = encoder_for(accept)
         compress = gzip_accepted(accept_encoding)
         key = (content_type, compress)
         page = snapshot.pages.get(key)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias
 
@@ -109,6 +109,15 @@ class WatchedModel:
     path: Path
     weight_set: WeightSet | None
     error: str | None = None
+    # Named in the configuration (not found in the models directory): its series that
+    # are zero until something happens exist from the start, so alerts see them change.
+    configured: bool = True
+    # {"model": name}, one dict for every per-model series of a collection: collectors
+    # add series with it as it is (they and the exposition only read it).
+    labels: dict[str, str] = field(init=False, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", {"model": self.name})
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,12 +140,12 @@ def _is_model_entry(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def models_in_directory(directory: Path) -> list[ModelSpec]:
-    """Each subdirectory is a model; in a Hugging Face hub cache, each ``models--org--name``
-    entry (named ``org/name``). Hidden entries, files, datasets and spaces are not."""
+def model_entry_names(directory: Path) -> list[str]:
+    """The models of a models directory, by entry name, sorted: each subdirectory; in a
+    Hugging Face hub cache, each ``models--org--name`` entry. Hidden entries, files,
+    datasets and spaces are not models."""
     with os.scandir(directory) as entries:
-        found = sorted((e for e in entries if _is_model_entry(e)), key=lambda e: e.name)
-    return [ModelSpec(Path(e.path)) for e in found]
+        return sorted(e.name for e in entries if _is_model_entry(e))
 
 
 class ModelScanner:
@@ -147,45 +156,71 @@ class ModelScanner:
         sources: ModelSources,
         weight_patterns: Sequence[str] = DEFAULT_WEIGHT_PATTERNS,
         metadata_patterns: Sequence[str] = DEFAULT_METADATA_PATTERNS,
+        weight_sets: WeightSetCache | None = None,
+        *,
+        cross_filesystems: bool = False,
     ) -> None:
         self.sources = sources
         self.weight_patterns = tuple(weight_patterns)
         self.metadata_patterns = tuple(metadata_patterns)
-        self.weight_sets = WeightSetCache()
+        self.weight_sets = weight_sets or WeightSetCache(cross_filesystems=cross_filesystems)
         # Problems are logged when they appear or change, not on every scrape.
         self._reported: dict[str, str | None] = {}
+        # A node's models directory lists the same 1,000 entries on every collection:
+        # their specs, absolute paths and names are built once (pathlib is not cheap).
+        self._entries: dict[str, ModelSpec] = {}
+        self._resolved: dict[ModelSpec, tuple[Path, str]] = {}
 
     def specs(self) -> tuple[list[ModelSpec], str | None]:
+        """The configured models, then the models directory's (``None`` error when it
+        could be listed)."""
         specs = list(self.sources.models)
         directory = self.sources.models_dir
         error = None
         if directory is not None:
             try:
-                specs.extend(models_in_directory(directory))
+                specs.extend(self._directory_specs(directory))
             except OSError as exc:
                 error = f"cannot list models directory {directory}: {exc.strerror or exc}"
             self._report(f"models_dir:{directory}", error)
         return specs, error
 
+    def _directory_specs(self, directory: Path) -> list[ModelSpec]:
+        """A spec per entry, named after its path (``models--org--name``: ``org/name``)."""
+        names = model_entry_names(directory)
+        known = self._entries
+        specs = [known.get(n) or ModelSpec(directory / n) for n in names]
+        self._entries = dict(zip(names, specs, strict=True))
+        return specs
+
+    def _path_and_name(self, spec: ModelSpec) -> tuple[Path, str]:
+        resolved = self._resolved.get(spec)
+        if resolved is None:
+            resolved = self._resolved[spec] = (spec.path.absolute(), spec.label)
+        return resolved
+
     def scan(self) -> ModelScan:
         specs, dir_error = self.specs()
+        configured = set(self.sources.models)
         models: list[WatchedModel] = []
         names: set[str] = set()
         paths: set[Path] = set()
         for spec in specs:
-            path = spec.path.absolute()
+            path, name = self._path_and_name(spec)
             if path in paths:
                 continue
             paths.add(path)
-            name = spec.label
             if name in names:
                 name = label_value(str(path))
             names.add(name)
-            models.append(self._watch(name, path))
+            models.append(self._watch(name, path, configured=spec in configured))
         self.weight_sets.keep_only(paths)
+        if len(self._resolved) > len(specs):  # entries that left the models directory
+            kept = set(specs)
+            self._resolved = {s: r for s, r in self._resolved.items() if s in kept}
         return ModelScan(tuple(models), dir_error)
 
-    def _watch(self, name: str, path: Path) -> WatchedModel:
+    def _watch(self, name: str, path: Path, *, configured: bool) -> WatchedModel:
         try:
             weight_set = self.weight_sets.get(path, self.weight_patterns, self.metadata_patterns)
         except ModelPathError as exc:
@@ -197,7 +232,7 @@ class ModelScanner:
         else:
             error = None
         self._report(str(path), error, model=name)
-        return WatchedModel(name, path, weight_set, error)
+        return WatchedModel(name, path, weight_set, error, configured)
 
     def _report(self, key: str, error: str | None, **fields: str) -> None:
         if self._reported.get(key) == error:

@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+import structlog
 
 from exporter.linux import cachestat, mincore, permissions
-from exporter.linux.files import NotRegularFileError, open_regular
+from exporter.linux.files import NotRegularFileError, open_regular_fd
 from exporter.linux.libc import page_size
 from exporter.weightset import WeightFile, WeightSet
+
+if TYPE_CHECKING:  # a scan is only passed through: no import of the scanner at run time
+    from exporter.models import ModelScan, WatchedModel
+
+log = structlog.get_logger("pagewarm")
 
 MethodChoice = Literal["auto", "cachestat", "mincore"]
 
@@ -31,8 +39,10 @@ class Method(StrEnum):
     MINCORE = "mincore"
 
 
-@dataclass(frozen=True, slots=True)
-class FileResidency:
+class FileResidency(NamedTuple):
+    """One file's page-cache state. A named tuple: a node's collection builds 10,000 of
+    them, and a frozen dataclass costs four times as much to build."""
+
     file: WeightFile
     size: int  # as measured now (fstat), which may differ from the scan's
     cached_bytes: int | None  # None: unknown, see unknown_reason
@@ -56,34 +66,50 @@ class FileResidency:
         return self.cached_bytes / self.size
 
 
-def _sum_known(values: Iterator[int | None]) -> int | None:
-    total = 0
-    for value in values:
-        if value is None:
-            return None
-        total += value
-    return total
+def _sum_known(values: Sequence[int | None]) -> int | None:
+    """The sum, or None when any value is unknown: a partial sum would understate."""
+    try:
+        return sum(values)  # type: ignore[arg-type]  # a None raises: that is the test
+    except TypeError:
+        return None
+
+
+_NO_COLUMNS: tuple[tuple[()], ...] = ((),) * len(FileResidency._fields)
 
 
 @dataclass(frozen=True, slots=True)
 class ModelResidency:
+    """A weight set's residency, file by file, with the totals summed once."""
+
     weight_set: WeightSet
     files: tuple[FileResidency, ...]
     scan_seconds: float = 0.0
     methods: frozenset[Method] = field(default_factory=frozenset)
+    size_bytes: int = field(init=False)
+    cached_bytes: int | None = field(init=False)  # None when any file's figure is unknown
+    dirty_bytes: int | None = field(init=False)
+    writeback_bytes: int | None = field(init=False)
+    evicted_bytes: int | None = field(init=False)
+    recently_evicted_bytes: int | None = field(init=False)
 
-    @property
-    def size_bytes(self) -> int:
-        return sum(f.size for f in self.files)
+    def __post_init__(self) -> None:
+        # Column by column, in FileResidency's field order (zip and sum run in C).
+        columns = tuple(zip(*self.files, strict=True)) or _NO_COLUMNS
+        _, size, cached, _, dirty, writeback, evicted, recently, _, _ = columns
+        totals = {
+            "size_bytes": sum(size),
+            "cached_bytes": _sum_known(cached),
+            "dirty_bytes": _sum_known(dirty),
+            "writeback_bytes": _sum_known(writeback),
+            "evicted_bytes": _sum_known(evicted),
+            "recently_evicted_bytes": _sum_known(recently),
+        }
+        for name, total in totals.items():
+            object.__setattr__(self, name, total)
 
     @property
     def trusted(self) -> bool:
-        return all(f.trusted for f in self.files)
-
-    @property
-    def cached_bytes(self) -> int | None:
-        """None when any file's figure is unknown: a partial sum would understate."""
-        return _sum_known(f.cached_bytes for f in self.files)
+        return self.cached_bytes is not None
 
     @property
     def ratio(self) -> float | None:
@@ -94,22 +120,6 @@ class ModelResidency:
         if cached is None or self.size_bytes == 0:
             return None
         return cached / self.size_bytes
-
-    @property
-    def dirty_bytes(self) -> int | None:
-        return _sum_known(f.dirty_bytes for f in self.files)
-
-    @property
-    def writeback_bytes(self) -> int | None:
-        return _sum_known(f.writeback_bytes for f in self.files)
-
-    @property
-    def evicted_bytes(self) -> int | None:
-        return _sum_known(f.evicted_bytes for f in self.files)
-
-    @property
-    def recently_evicted_bytes(self) -> int | None:
-        return _sum_known(f.recently_evicted_bytes for f in self.files)
 
     @property
     def unknown_reasons(self) -> tuple[str, ...]:
@@ -135,6 +145,7 @@ class ResidencyProbe:
             self.method = Method.MINCORE
         else:
             self.method = Method.CACHESTAT
+        self._per_thread = threading.local()
 
     def _pages_to_bytes(self, pages: int, limit: int) -> int:
         return min(pages * self.page, limit)
@@ -154,47 +165,74 @@ class ResidencyProbe:
             pages = mincore.resident_pages(fd, offset, length)
         return self._pages_to_bytes(pages, length)
 
+    def _whole_files(self) -> cachestat.WholeFiles:
+        """This thread's cachestat caller (its output buffer is not shared between threads)."""
+        whole: cachestat.WholeFiles | None = getattr(self._per_thread, "whole_files", None)
+        if whole is None:
+            whole = self._per_thread.whole_files = cachestat.WholeFiles()
+        return whole
+
     def file(self, wf: WeightFile, buckets: int = 0) -> FileResidency:
         if self.method is Method.CACHESTAT and self.cachestat_problem:
             return FileResidency(wf, wf.size, None, unknown_reason=self.cachestat_problem)
         try:
-            with open_regular(wf.path) as fd:
-                return self._measure_open(wf, fd, buckets)
-        except NotRegularFileError as exc:
-            return FileResidency(wf, wf.size, None, unknown_reason=str(exc))
+            fd, st = open_regular_fd(wf.path)
         except OSError as exc:
-            what = "vanished" if exc.errno == errno.ENOENT else f"cannot open: {exc.strerror}"
-            return FileResidency(wf, wf.size, None, unknown_reason=what)
+            return _unopened(wf, exc)
+        try:
+            if self.method is Method.CACHESTAT:
+                result = self._cachestat_open(wf, fd, st.st_size, self._whole_files())
+            else:
+                result = self._mincore_open(wf, fd, st.st_size)
+            if buckets and result.trusted:
+                return result._replace(buckets=self._bucket_ratios(fd, st.st_size, buckets))
+            return result
+        finally:
+            os.close(fd)
 
-    def _measure_open(self, wf: WeightFile, fd: int, buckets: int) -> FileResidency:
-        size = os.fstat(fd).st_size
-        if self.method is Method.CACHESTAT:
+    def _cachestat_open(
+        self, wf: WeightFile, fd: int, size: int, whole: cachestat.WholeFiles
+    ) -> FileResidency:
+        try:
+            counts = whole(fd)
+        except PermissionError:
+            return FileResidency(wf, size, None, unknown_reason=permissions.untrusted_reason(fd))
+        page = self.page
+        return FileResidency(
+            wf,
+            size,
+            min(counts.cached * page, size),
+            Method.CACHESTAT,
+            counts.dirty * page,
+            counts.writeback * page,
+            counts.evicted * page,
+            counts.recently_evicted * page,
+        )
+
+    def _mincore_open(self, wf: WeightFile, fd: int, size: int) -> FileResidency:
+        if not permissions.page_cache_query_trusted(fd):
+            return FileResidency(wf, size, None, unknown_reason=permissions.untrusted_reason(fd))
+        cached = self._pages_to_bytes(mincore.resident_pages(fd, 0, size), size)
+        return FileResidency(wf, size, cached, Method.MINCORE)
+
+    def _cachestat_all(self, files: Sequence[WeightFile]) -> list[FileResidency]:
+        """``file`` for many files, without its per-file dispatch: the loop a node's
+        collection runs over 10,000 files (its cost is held next to the bare syscalls' by
+        bench/exporter_bench.py)."""
+        whole = self._whole_files()
+        measure = self._cachestat_open
+        out: list[FileResidency] = []
+        for wf in files:
             try:
-                counts = cachestat.cachestat(fd)
-            except PermissionError:
-                return FileResidency(
-                    wf, size, None, unknown_reason=permissions.untrusted_reason(fd)
-                )
-            result = FileResidency(
-                wf,
-                size,
-                self._pages_to_bytes(counts.cached, size),
-                Method.CACHESTAT,
-                dirty_bytes=counts.dirty * self.page,
-                writeback_bytes=counts.writeback * self.page,
-                evicted_bytes=counts.evicted * self.page,
-                recently_evicted_bytes=counts.recently_evicted * self.page,
-            )
-        else:
-            if not permissions.page_cache_query_trusted(fd):
-                return FileResidency(
-                    wf, size, None, unknown_reason=permissions.untrusted_reason(fd)
-                )
-            cached = self._pages_to_bytes(mincore.resident_pages(fd, 0, size), size)
-            result = FileResidency(wf, size, cached, Method.MINCORE)
-        if buckets:
-            return replace(result, buckets=self._bucket_ratios(fd, size, buckets))
-        return result
+                fd, st = open_regular_fd(wf.path)
+            except OSError as exc:
+                out.append(_unopened(wf, exc))
+                continue
+            try:
+                out.append(measure(wf, fd, st.st_size, whole))
+            finally:
+                os.close(fd)
+        return out
 
     def _bucket_ratios(self, fd: int, size: int, buckets: int) -> tuple[float, ...]:
         ratios = []
@@ -204,14 +242,54 @@ class ResidencyProbe:
         return tuple(ratios)
 
     def measure(self, weight_set: WeightSet, buckets: int = 0) -> ModelResidency:
+        """Every file of the weight set: one open, fstat, cachestat and close each (mincore
+        over the whole file where cachestat is missing), plus ``buckets`` range counts."""
         started = time.perf_counter()
-        files = tuple(self.file(f, buckets) for f in weight_set.files)
+        if self.method is Method.CACHESTAT and not self.cachestat_problem and not buckets:
+            files = tuple(self._cachestat_all(weight_set.files))
+        else:
+            files = tuple([self.file(f, buckets) for f in weight_set.files])
         return ModelResidency(
             weight_set,
             files,
             time.perf_counter() - started,
-            frozenset(f.method for f in files if f.method),
+            frozenset({f.method for f in files if f.method}),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResidency:
+    """One residency pass over a model scan: each file of each model measured once."""
+
+    models: tuple[tuple[WatchedModel, ModelResidency], ...]
+    failed: tuple[tuple[str, str], ...]  # (model, error): measuring it raised
+    seconds: float
+
+
+def measure_scan(probe: ResidencyProbe, scan: ModelScan) -> ScanResidency:
+    """Every model of ``scan`` that has a weight set, file by file (the exporter's
+    residency collector and a keep-warm pass share this: the kernel work of a pass is one
+    open, fstat, cachestat and close per file)."""
+    started = time.perf_counter()
+    measured: list[tuple[WatchedModel, ModelResidency]] = []
+    failed: list[tuple[str, str]] = []
+    for model, weight_set in scan.available:
+        try:
+            measured.append((model, probe.measure(weight_set)))
+        except Exception as exc:  # one model must not hide the others
+            log.warning("residency failed", model=model.name, error=str(exc), exc_info=exc)
+            failed.append((model.name, str(exc)))
+    return ScanResidency(tuple(measured), tuple(failed), time.perf_counter() - started)
+
+
+def _unopened(wf: WeightFile, exc: OSError) -> FileResidency:
+    if isinstance(exc, NotRegularFileError):
+        reason = str(exc)
+    elif exc.errno == errno.ENOENT:
+        reason = "vanished"
+    else:
+        reason = f"cannot open: {exc.strerror}"
+    return FileResidency(wf, wf.size, None, unknown_reason=reason)
 
 
 def bucket_ranges(size: int, buckets: int, page: int) -> list[tuple[int, int]]:

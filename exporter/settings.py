@@ -86,6 +86,12 @@ class ExporterSettings(CommonSettings):
     )
     host: str = Field(default="0.0.0.0", description="Address to listen on.")  # noqa: S104 - a pod's metrics port must be reachable
     port: int = Field(default=9741, ge=0, le=65535, description="0: any free port.")
+    per_file_series: bool | None = Field(
+        default=None,
+        description="Per-file series (pagewarm_file_*{model,file}). Unset (or 'auto'): on "
+        "when models are named one by one (MODEL_PATH, PAGEWARM_MODEL_PATHS), off when a "
+        "models directory is watched (a node's cache: per-model series only).",
+    )
     file_series_limit: int = Field(
         default=256, ge=0, description="Per-file series per model at most (0: none)."
     )
@@ -103,3 +109,10 @@ class ExporterSettings(CommonSettings):
     @classmethod
     def _split_model_paths(cls, value: Any) -> Any:
         return _path_list(value)
+
+    @field_validator("per_file_series", mode="before")
+    @classmethod
+    def _auto_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "auto"):
+            return None
+        return value

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from grafana_foundation_sdk.models import dashboard as models
 
-from grafana import cold_starts_overview, node_model_cache
+from grafana import cold_starts_overview, node_model_cache, sidecars
 from grafana.panels import render
 
 DIRECTORY = Path(__file__).resolve().parent
@@ -24,6 +24,7 @@ DIRECTORY = Path(__file__).resolve().parent
 DASHBOARDS: dict[str, Callable[[], models.Dashboard]] = {
     cold_starts_overview.FILE_NAME: cold_starts_overview.build,
     node_model_cache.FILE_NAME: node_model_cache.build,
+    sidecars.FILE_NAME: sidecars.build,
 }
 
 

@@ -18,11 +18,14 @@ Rules (the name in brackets is what a problem reports):
 - [panel-options]  options are an object (Grafana's panels do not expect null).
 - [panel-grid]     panels fit the 24-column grid and do not overlap.
 - [target-refid]   each query has a unique refId.
-- [target-rate-interval] rate/irate/increase use ``[$__rate_interval]``, and no query has a
-                   fixed range: fixed windows belong in recording rules.
-- [target-filters] raw pagewarm series are filtered by namespace, pod and instance, and
-                   per-model series by model too; recorded series are ones the rules file
-                   records, and per-model ones are filtered by model.
+- [target-rate-interval] rate/irate use ``[$__rate_interval]``; increase uses it too, or
+                   the fixed 1 h or 24 h window of a count of rare events ("loads in the
+                   last hour": a per-second rate of a few events a day reads as noise); no
+                   other range is fixed: longer windows belong in recording rules.
+- [target-filters] raw pagewarm series are filtered by cluster, namespace, node, pod and
+                   instance, and per-model series by model too; recorded series are ones the
+                   rules file records, filtered by cluster and by the labels their level
+                   names (namespace, node, model).
 """
 
 from __future__ import annotations
@@ -55,7 +58,11 @@ BUILT_IN_VARIABLES = {
     "__org",
     "__user",
 }
-TARGET_FILTERS = ("namespace", "pod", "instance")
+TARGET_FILTERS = ("cluster", "namespace", "node", "pod", "instance")
+# Labels a recording keeps when its level (level:metric:operation) names them.
+RECORDED_FILTERS = ("namespace", "node", "model")
+# Fixed windows increase() may count rare events over.
+EVENT_WINDOWS = {"1h", "24h"}
 # pagewarm series without a model label: the node, its devices, the process itself.
 NOT_PER_MODEL = (
     "pagewarm_memory_",
@@ -281,16 +288,20 @@ def _target(
         out.append((where, "panel-datasource", "query does not read from ${datasource}"))
     if not expr.strip():
         return [*out, (where, "target-refid", "empty query")]
+    counted: set[int] = set()  # where the fixed event windows of increase() are
     for match in _RANGE_FUNCTION.finditer(expr):
         window = _RANGE.search(expr, match.end())
-        if window is None or window.group(1).strip() != "$__rate_interval":
+        text = window.group(1).strip() if window else ""
+        if match.group(1) == "increase" and window and text in EVENT_WINDOWS:
+            counted.add(window.start())
+        elif text != "$__rate_interval":
             out.append(
                 (where, "target-rate-interval", f"{match.group(1)}() without $__rate_interval")
             )
     out += [
         (where, "target-rate-interval", f"fixed range [{window.group(1)}]")
         for window in _RANGE.finditer(expr)
-        if not window.group(1).strip().startswith("$")
+        if not window.group(1).strip().startswith("$") and window.start() not in counted
     ]
     out += _filters(where, expr, recorded)
     return out
@@ -304,8 +315,13 @@ def _filters(where: str, expr: str, recorded: set[str]) -> list[tuple[str, str, 
         if ":" in metric:
             if metric not in recorded:
                 out.append((where, "target-filters", f"{metric} is not recorded by the rules"))
-            if metric.startswith("model") and matchers.get("model") != ("=~", "$model"):
-                out.append((where, "target-filters", f'{metric} lacks model=~"$model"'))
+            level = metric.split(":")[0].split("_")
+            required = ["cluster", *(label for label in RECORDED_FILTERS if label in level)]
+            out += [
+                (where, "target-filters", f'{metric} lacks {label}=~"${label}"')
+                for label in required
+                if level != ["pagewarm"] and matchers.get(label) != ("=~", f"${label}")
+            ]
             continue
         if not metric.startswith("pagewarm_"):
             continue

@@ -1,5 +1,6 @@
-"""Dashboard "pagewarm / Node and model cache": what one node holds in its page cache, per
-model and per file, what it evicts, and the block devices the weights are read from."""
+"""Dashboard "pagewarm / Node and model cache": which node holds which model warm, what one
+node holds in its page cache, per model and per file, what it evicts, and the block devices
+the weights are read from."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from grafana.panels import (
     Size,
     ValueText,
     bargauge_panel,
+    matrix_panel,
     stat_panel,
     table_panel,
     timeseries_panel,
@@ -52,9 +54,31 @@ def build() -> models.Dashboard:
 def _residency(board: Dashboard) -> None:
     board.row("Residency")
     board.panel(
+        matrix_panel(
+            "Node x model: resident ratio",
+            "The fleet's warm/cold map: a row per node, a column per model, each cell the "
+            "fraction of the model's weights in that node's page cache (the highest any "
+            "pagewarm pod there measures; the node-mode DaemonSet sees every model in the "
+            "node's cache directory). Green cells are nodes where a new pod of that model "
+            "starts warm. If a model is red or empty on every node it may be scheduled to, "
+            "its next scale-out is a cold start: pre-warm it on a node, or steer its pods "
+            "to the green nodes (preferred node affinity). An empty cell: not there, or "
+            "untrusted (Residency trusted, Cold starts overview).",
+            units.PercentUnit,
+            Query(
+                f"max by (node, model) (pagewarm_model_resident_ratio{{{MODEL}}})",
+                instant=True,
+            ),
+            Size(24, 8),
+            rows="node",
+            columns="model",
+            steps=RESIDENCY_STEPS,
+        )
+    )
+    board.panel(
         bargauge_panel(
             "Residency by model",
-            "Fraction of each model's weight files in the page cache, per target. Green "
+            "Fraction of each model's weight files in the page cache, per node and pod. Green "
             "(90% and more): the next start of that model on that node is warm. If a model "
             "that should be warm is red, pre-warm it (`pagewarm prewarm <model path>`, or "
             "the sidecar) and check why it was evicted: Evicted and recently evicted bytes "
@@ -64,7 +88,7 @@ def _residency(board: Dashboard) -> None:
             [
                 Query(
                     f"pagewarm_model_resident_ratio{{{MODEL}}}",
-                    "{{model}} on {{instance}}",
+                    "{{model}} on {{node}} ({{pod}})",
                     instant=True,
                 )
             ],
@@ -86,7 +110,7 @@ def _residency(board: Dashboard) -> None:
                 Query(
                     f"pagewarm_file_resident_bytes{{{MODEL}}}"
                     f" / pagewarm_file_size_bytes{{{MODEL}}}",
-                    "{{model}} {{file}} on {{instance}}",
+                    "{{model}} {{file}} on {{node}}",
                     instant=True,
                 )
             ],
@@ -104,8 +128,8 @@ def _residency(board: Dashboard) -> None:
             "memory available and the cgroup limit (Cold starts overview).",
             units.BytesIEC,
             [
-                Query(f"pagewarm_model_resident_bytes{{{MODEL}}}", "{{model}} {{instance}}"),
-                Query(f"pagewarm_model_size_bytes{{{MODEL}}}", "{{model}} {{instance}} size"),
+                Query(f"pagewarm_model_resident_bytes{{{MODEL}}}", "{{model}} {{node}} {{pod}}"),
+                Query(f"pagewarm_model_size_bytes{{{MODEL}}}", "{{model}} {{node}} {{pod}} size"),
             ],
             Size(16, 8),
             min_value=0,
@@ -184,18 +208,17 @@ def _devices(board: Dashboard) -> None:
                     instant=True,
                 ),
                 Query(
-                    "max by (instance, device) "
-                    f"(pagewarm_block_device_read_ahead_bytes{{{TARGET}}})",
+                    f"max by (node, device) (pagewarm_block_device_read_ahead_bytes{{{TARGET}}})",
                     instant=True,
                 ),
                 Query(
-                    f"max by (instance, device) (pagewarm_block_device_rotational{{{TARGET}}})",
+                    f"max by (node, device) (pagewarm_block_device_rotational{{{TARGET}}})",
                     instant=True,
                 ),
             ],
             Size(12, 8),
             columns={
-                "instance": "Instance",
+                "node": "Node",
                 "device": "Device",
                 "scheduler": "Scheduler",
                 "Value #B": "Read-ahead",
@@ -220,7 +243,7 @@ def _devices(board: Dashboard) -> None:
             units.NoUnit,
             [
                 Query(
-                    "max by (model, instance, device, fstype, mountpoint) "
+                    "max by (model, node, device, fstype, mountpoint) "
                     f"(pagewarm_model_device_info{{{MODEL}}})",
                     instant=True,
                 )
@@ -228,7 +251,7 @@ def _devices(board: Dashboard) -> None:
             Size(12, 8),
             columns={
                 "model": "Model",
-                "instance": "Instance",
+                "node": "Node",
                 "device": "Device",
                 "fstype": "Filesystem",
                 "mountpoint": "Mount point",
@@ -250,7 +273,7 @@ def _exporter(board: Dashboard) -> None:
             [
                 Query(
                     f"pagewarm_collector_duration_seconds{{{TARGET}}}",
-                    "{{collector}} {{instance}}",
+                    "{{collector}} {{node}} {{pod}}",
                 )
             ],
             Size(16, 8),

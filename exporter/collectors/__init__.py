@@ -5,7 +5,8 @@ Collectors (the ``collector`` label of ``pagewarm_collector_duration_seconds`` a
 ``pagewarm_collector_success``):
 
 - ``models`` (discovery.py): the model scan itself: present, files, skipped files;
-- ``residency`` (residency.py): page-cache residency per model and per file;
+- ``residency`` (residency.py): page-cache residency per model, and per file unless a
+  models directory is watched (``per_file_series``);
 - ``devices`` (devices.py): block devices, I/O scheduler, read-ahead, filesystem per model;
 - ``memory`` (memory.py): MemAvailable and the memory cgroup;
 - ``samples`` (samples.py): load and pre-warm durations from the JSONL sample store;
@@ -63,13 +64,23 @@ def build_collector_set(
     """Every built-in collector for ``models``, then ``extra_collectors``."""
     settings = settings or ExporterSettings()
     sources = ModelSources.of(models)
-    scanner = ModelScanner(sources, settings.weight_patterns, settings.metadata_patterns)
+    scanner = ModelScanner(
+        sources,
+        settings.weight_patterns,
+        settings.metadata_patterns,
+        cross_filesystems=settings.cross_filesystems,
+    )
+    per_file_series = settings.per_file_series
+    if per_file_series is None:  # a node's models directory: per-model series only
+        per_file_series = sources.models_dir is None
     return CollectorSet(
         scanner,
         DiscoveryCollector(),
         model_collectors=[
             ResidencyCollector(
-                ResidencyProbe(settings.residency_method), settings.file_series_limit
+                ResidencyProbe(settings.residency_method),
+                settings.file_series_limit,
+                per_file_series=per_file_series,
             ),
             DevicesCollector(),
         ],

@@ -24,6 +24,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.samples import Sample
 
 from exporter.models import ModelScan, ModelScanner
 
@@ -72,6 +73,13 @@ def counter(name: str, documentation: str, labels: Sequence[str] = ()) -> Counte
 
 def histogram(name: str, documentation: str, labels: Sequence[str]) -> HistogramMetricFamily:
     return HistogramMetricFamily(name, documentation, labels=labels, unit=_unit(name))
+
+
+def add_gauge(family: GaugeMetricFamily, labels: dict[str, str], value: float) -> None:
+    """``family.add_metric`` for collectors that add thousands of series: the caller's
+    ``labels`` dict is kept as it is (no per-call dict and zip; the exposition only reads
+    it, so one dict may serve every series of a model)."""
+    family.samples.append(Sample(family.name, labels, value))
 
 
 @dataclass(frozen=True, slots=True)

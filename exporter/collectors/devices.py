@@ -15,9 +15,15 @@ from pathlib import Path
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import gauge
-from exporter.linux.blockdev import SYSFS, BlockDevice, storage_for_path
-from exporter.linux.mountinfo import MOUNTINFO, read_mounts
+from exporter.collectors.base import add_gauge, gauge
+from exporter.linux.blockdev import (
+    SYSFS,
+    BlockDevice,
+    device_number,
+    disks_for_devnum,
+    read_block_device,
+)
+from exporter.linux.mountinfo import MOUNTINFO, Mount, mount_for_path, parse_mountinfo
 from exporter.models import ModelScan, label_value
 from exporter.weightset import WeightSet
 
@@ -34,37 +40,70 @@ def storage_paths(weight_set: WeightSet) -> list[Path]:
     return paths
 
 
+# Where one path of a model lives: filesystem type and mountpoint (as labels), and the
+# device number of its block device (None: no block device, e.g. tmpfs, NFS).
+_Placement = tuple[str, str, tuple[int, int] | None]
+_INFO_LABELS = ("model", "device", "fstype", "mountpoint")
+
+
 class DevicesCollector:
     name = "devices"
 
     def __init__(self, sysfs: Path = SYSFS, mountinfo: Path = MOUNTINFO) -> None:
         self.sysfs = sysfs
         self.mountinfo = mountinfo
+        self._mounts_text: str | None = None
+        self._mounts: list[Mount] = []
+        # Per model path: the weight set its placements were found for, and them. Kept
+        # while the mount table is the same: a node's 1,000 models are mapped once, and
+        # each collection reads sysfs once per block device.
+        self._placements: dict[Path, tuple[WeightSet, tuple[_Placement, ...]]] = {}
 
     def collect_models(self, scan: ModelScan) -> Iterator[Metric]:
-        mounts = read_mounts(self.mountinfo)
+        text = self.mountinfo.read_text()
+        if text != self._mounts_text:
+            self._mounts_text, self._mounts = text, parse_mountinfo(text)
+            self._placements = {}
+        disks: dict[tuple[int, int], list[str]] = {}
         devices: dict[str, BlockDevice] = {}
-        placements: set[tuple[str, str, str, str]] = set()
+        rows: set[tuple[str, str, str, str]] = set()
+        placements: dict[Path, tuple[WeightSet, tuple[_Placement, ...]]] = {}
         for model, weight_set in scan.available:
-            for path in storage_paths(weight_set):
-                storage = storage_for_path(path, mounts, self.sysfs)
-                if storage is None:  # vanished since the scan
-                    continue
-                fs = (label_value(storage.fstype), label_value(storage.mountpoint))
-                if not storage.devices:
-                    placements.add((model.name, "", *fs))
-                for device in storage.devices:
-                    devices[device.name] = device
-                    placements.add((model.name, device.name, *fs))
+            found = self._placements_of(model.path, weight_set)
+            placements[model.path] = (weight_set, found)
+            for fstype, mountpoint, devnum in found:
+                if devnum is not None and devnum not in disks:
+                    disks[devnum] = disks_for_devnum(*devnum, sysfs=self.sysfs)
+                names = disks[devnum] if devnum is not None else []
+                if not names:
+                    rows.add((model.name, "", fstype, mountpoint))
+                for name in names:
+                    if name not in devices:
+                        devices[name] = read_block_device(name, self.sysfs)
+                    rows.add((model.name, name, fstype, mountpoint))
+        self._placements = placements
         yield from _device_families(devices)
         info = gauge(
             "pagewarm_model_device_info",
             "The filesystem and block device serving a model (device empty: none, e.g. tmpfs).",
-            ["model", "device", "fstype", "mountpoint"],
+            _INFO_LABELS,
         )
-        for placement in sorted(placements):
-            info.add_metric(list(placement), 1.0)
+        for row in sorted(rows):
+            add_gauge(info, dict(zip(_INFO_LABELS, row, strict=True)), 1.0)
         yield info
+
+    def _placements_of(self, path: Path, weight_set: WeightSet) -> tuple[_Placement, ...]:
+        known = self._placements.get(path)
+        if known is not None and known[0] is weight_set:
+            return known[1]
+        found: list[_Placement] = []
+        for storage_path in storage_paths(weight_set):
+            mount = mount_for_path(storage_path, self._mounts)
+            if mount is None:  # vanished since the scan
+                continue
+            placement = (label_value(mount.fstype), label_value(mount.mountpoint))
+            found.append((*placement, device_number(mount)))
+        return tuple(dict.fromkeys(found))
 
 
 def _device_families(devices: dict[str, BlockDevice]) -> Iterator[Metric]:

@@ -1,5 +1,8 @@
 """Collector ``models``: which watched models could be scanned, how many files make up each,
-and what the scan passed over (FIFOs, broken links, loops, other formats) and why."""
+and what the scan passed over (FIFOs, broken links, loops, other formats) and why.
+
+A configured model reports every skip reason, zeros included; a model found in the models
+directory reports the reasons that occur (a node's directory holds 1,000 models)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import MODELS_COLLECTOR, gauge
+from exporter.collectors.base import MODELS_COLLECTOR, add_gauge, gauge
 from exporter.models import ModelScan
 from exporter.weightset import SkipReason
 
@@ -32,11 +35,15 @@ class DiscoveryCollector:
             ["model", "reason"],
         )
         for model in scan.models:
-            present.add_metric([model.name], 0.0 if model.weight_set is None else 1.0)
+            add_gauge(present, model.labels, 0.0 if model.weight_set is None else 1.0)
         for model, weight_set in scan.available:
-            files.add_metric([model.name], len(weight_set.files))
+            add_gauge(files, model.labels, len(weight_set.files))
             reasons = Counter(s.reason for s in weight_set.skipped)
-            # Every reason, zeros included, so that an alert on "> 0" has a series to watch.
-            for reason in SkipReason:
-                skipped.add_metric([model.name, reason.value], reasons[reason])
+            # A configured model has every reason, zeros included, so that an alert on
+            # "> 0" has a series to watch from the start; a node's models directory, of
+            # 1,000 models, has the reasons that occur (8,000 zeros would cost more than
+            # all its other series together).
+            for reason in SkipReason if model.configured else sorted(reasons):
+                labels = {"model": model.name, "reason": reason.value}
+                add_gauge(skipped, labels, reasons[reason])
         yield from (present, files, skipped)

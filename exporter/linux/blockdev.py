@@ -97,7 +97,7 @@ def _disks_under(device_dir: Path, seen: set[Path]) -> list[str]:
     return [device_dir.name]
 
 
-def _device_number(mount: Mount) -> tuple[int, int] | None:
+def device_number(mount: Mount) -> tuple[int, int] | None:
     # major 0 is the kernel's "anonymous" block device: overlay, NFS, FUSE, tmpfs, proc;
     # btrfs too, whose source names the real device node.
     if mount.major != 0:
@@ -120,7 +120,7 @@ def storage_for_path(
     mount = mount_for_path(path, read_mounts() if mounts is None else mounts)
     if mount is None:
         return None
-    devnum = _device_number(mount)
+    devnum = device_number(mount)
     names = disks_for_devnum(*devnum, sysfs=sysfs) if devnum else []
     return Storage(
         mountpoint=mount.mountpoint,

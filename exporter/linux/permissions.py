@@ -17,12 +17,17 @@ CAP_IPC_LOCK = 14
 CAP_SYS_ADMIN = 21
 
 # Kubernetes makes an added capability effective only for uid 0 (kubernetes#56374): for a
-# non-root container, running as the files' owner is the remedy that works.
+# non-root container, running as the files' owner is the remedy that works. One text for
+# the exporter's reason, the dashboards' "Residency trusted" panel and the runbook
+# docs/runbooks/PagewarmResidencyUntrusted.md (tests keep them so).
+OWNER_REMEDY = (
+    "run pagewarm as the UID that owns the weight files (Kubernetes: securityContext."
+    "runAsUser; Helm chart: pagewarm.runAsUser); an added CAP_FOWNER is effective in "
+    "Kubernetes only for UID 0"
+)
 UNTRUSTED_REMEDY = (
-    "the kernel hides page-cache state of files this process neither owns nor may write; "
-    "run as the files' owner (uid {uid}; Kubernetes: securityContext.runAsUser: {uid}) or "
-    "with CAP_FOWNER (in Kubernetes effective only as uid 0: runAsUser 0, capabilities "
-    "drop ALL, add FOWNER)"
+    "the kernel hides page-cache state of files this process neither owns nor may write "
+    "(the owner is uid {uid}): " + OWNER_REMEDY
 )
 
 

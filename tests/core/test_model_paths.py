@@ -217,6 +217,8 @@ def test_other_filesystems_are_crossed_only_when_asked(tmp_path: Path) -> None:
     other.mkdir()
     (model / "linked").symlink_to(other)
     status = shlex.join([sys.executable, "-m", "controller.cli", "status", str(model), "--json"])
+    # The exporter walks with the same rule, from the same setting.
+    exporter = shlex.join([sys.executable, "-c", _EXPORTER_FILES, str(model)])
     q = shlex.quote
     script = [
         "set -e",
@@ -229,6 +231,8 @@ def test_other_filesystems_are_crossed_only_when_asked(tmp_path: Path) -> None:
         f"mount -t proc proc {q(str(other / 'proc'))}",
         f"{status} > {q(str(tmp_path / 'default.json'))}",
         f"PAGEWARM_CROSS_FILESYSTEMS=true {status} > {q(str(tmp_path / 'crossing.json'))}",
+        f"{exporter} > {q(str(tmp_path / 'exporter-default.txt'))}",
+        f"PAGEWARM_CROSS_FILESYSTEMS=true {exporter} > {q(str(tmp_path / 'exporter-cross.txt'))}",
     ]
     result = _in_private_mount_namespace(script)
     assert result.returncode == 0, result.stderr
@@ -247,3 +251,18 @@ def test_other_filesystems_are_crossed_only_when_asked(tmp_path: Path) -> None:
     assert [(Path(s["path"]).name, s["reason"]) for s in crossing["skipped"]] == [
         ("proc", "pseudo_filesystem")
     ]
+    assert (tmp_path / "exporter-default.txt").read_text().split() == ["1"]
+    assert (tmp_path / "exporter-cross.txt").read_text().split() == ["3"]
+
+
+# Prints how many weight files the exporter's collectors see under argv[1].
+_EXPORTER_FILES = """
+import sys, tempfile
+from pathlib import Path
+from exporter.collectors import build_collector_set
+from exporter.settings import ExporterSettings
+from tests.exporter.util import value
+settings = ExporterSettings(samples=Path(tempfile.mkdtemp()) / "samples.jsonl")
+metrics = list(build_collector_set([sys.argv[1]], settings).collect())
+print(int(value(metrics, "pagewarm_model_files", model=Path(sys.argv[1]).name)))
+"""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from exporter.linux import mincore
-from exporter.residency import Method, ModelResidency, ResidencyProbe
+from exporter.residency import FileResidency, Method, ModelResidency, ResidencyProbe
 from exporter.weightset import WeightSet, discover
 from tests.support import NOBODY_UID, evict_path, pagewarm, require_root, write_random
 
@@ -78,6 +78,34 @@ def test_cachestat_and_mincore_agree_page_for_page(small_model: Path) -> None:
     ]
     assert by_cachestat.dirty_bytes == 0
     assert by_mincore.dirty_bytes is None  # mincore does not know; never a made-up zero
+
+
+def test_a_models_totals_sum_each_column_and_an_unknown_makes_a_total_unknown(
+    tmp_path: Path,
+) -> None:
+    ws = discover(write_random(tmp_path / "m" / "a.safetensors", 4096).parent)
+    (wf,) = ws.files
+    files = (
+        FileResidency(wf, 1000, 100, Method.CACHESTAT, 10, 1, 20_000, 300_000),
+        FileResidency(wf, 2000, 200, Method.CACHESTAT, 20, 2, 40_000, 600_000),
+    )
+    both = ModelResidency(ws, files)
+    assert (both.size_bytes, both.cached_bytes, both.dirty_bytes, both.writeback_bytes) == (
+        3000,
+        300,
+        30,
+        3,
+    )
+    assert (both.evicted_bytes, both.recently_evicted_bytes) == (60_000, 900_000)
+    assert both.ratio == 0.1
+    untrusted = ModelResidency(ws, (*files, FileResidency(wf, 500, None, unknown_reason="x")))
+    assert untrusted.size_bytes == 3500
+    assert untrusted.cached_bytes is None  # never a partial sum
+    assert untrusted.evicted_bytes is None
+    assert untrusted.unknown_reasons == ("x",)
+    empty = ModelResidency(ws, ())
+    # 0 of 0 bytes is not "100% resident" (issue 12): unknown.
+    assert (empty.size_bytes, empty.cached_bytes, empty.ratio) == (0, 0, None)
 
 
 def test_mincore_windows_cover_files_larger_than_one_window(

@@ -18,7 +18,10 @@ import pytest
 
 from tests.support import REPO, require_binary
 
-HELM = b"#!/bin/sh\necho 'version.BuildInfo{Version:\"v4.0.0\"}'\n"
+TOOLS = {  # what the npm package's zip carries
+    "helm": b"#!/bin/sh\necho 'version.BuildInfo{Version:\"v4.0.0\"}'\n",
+    "kubectl": b"#!/bin/sh\necho 'Client Version: v1.33.0'\n",
+}
 # What the script needs from the system, and python3: no unzip among them.
 SYSTEM_COMMANDS = ("bash", "env", "dirname", "mktemp", "tar", "gzip", "mkdir", "install", "rm")
 PRESENT_TOOLS = ("prometheus", "promtool", "fio", "vmtouch", "fincore", "setpriv", "unshare")
@@ -30,10 +33,12 @@ def _script(path: Path, body: str) -> None:
 
 
 def _helm_package(path: Path) -> None:
-    """The npm package's tarball: package/lib/layer.zip holding helm/helm."""
+    """The npm package's tarball: package/lib/layer.zip holding helm/helm, kubectl/kubectl."""
     layer = io.BytesIO()
     with zipfile.ZipFile(layer, "w") as archive:
-        archive.writestr("helm/helm", HELM)
+        archive.writestr("README", "not a tool")
+        for name, content in TOOLS.items():
+            archive.writestr(f"{name}/{name}", content)
     with tarfile.open(path, "w:gz") as tarball:
         info = tarfile.TarInfo("package/lib/layer.zip")
         info.size = len(layer.getvalue())
@@ -90,18 +95,21 @@ def _install_tools(root: Path, env: dict[str, str]) -> subprocess.CompletedProce
     )
 
 
-def _installed_helm(root: Path) -> bytes:
-    helm = root / ".tools" / "bin" / "helm"
-    assert stat.S_IMODE(helm.stat().st_mode) == 0o755
-    return helm.read_bytes()
+def _installed(root: Path) -> dict[str, bytes]:
+    """The tools in the checkout's .tools/bin (each must be executable)."""
+    found = {}
+    for tool in sorted((root / ".tools" / "bin").iterdir()):
+        assert stat.S_IMODE(tool.stat().st_mode) == 0o755, tool
+        found[tool.name] = tool.read_bytes()
+    return found
 
 
-def test_helm_is_unpacked_without_unzip(tmp_path: Path) -> None:
+def test_helm_and_kubectl_are_unpacked_without_unzip(tmp_path: Path) -> None:
     root, env = _fresh_machine(tmp_path, uid=1000, npm=True)
     assert shutil.which("unzip", path=env["PATH"]) is None
     result = _install_tools(root, env)
     assert result.returncode == 0, result.stderr
-    assert _installed_helm(root) == HELM
+    assert _installed(root) == TOOLS
     assert not (tmp_path / "apt.log").exists()  # everything else was there
     again = _install_tools(root, env)  # idempotent: nothing to do the second time
     assert (again.returncode, again.stderr) == (0, "")
@@ -115,7 +123,7 @@ def test_without_npm_root_installs_it_with_apt(tmp_path: Path) -> None:
         "update -qq",
         "install -y -qq --no-install-recommends npm",
     ]
-    assert _installed_helm(root) == HELM
+    assert _installed(root) == TOOLS
 
 
 def test_without_npm_a_user_is_told_exactly_what_to_install(tmp_path: Path) -> None:
@@ -123,7 +131,7 @@ def test_without_npm_a_user_is_told_exactly_what_to_install(tmp_path: Path) -> N
     result = _install_tools(root, env)
     assert result.returncode == 0, result.stderr
     assert "run as root, or: sudo apt-get install npm" in result.stderr
-    assert "helm not installed (install npm, then run make tools again)" in result.stderr
+    assert "helm kubectl not installed (install npm, then run make tools again)" in result.stderr
     assert not (tmp_path / "apt.log").exists()
     assert not (root / ".tools" / "bin" / "helm").exists()
 

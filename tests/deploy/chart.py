@@ -15,6 +15,8 @@ from tests.support import REPO, require_binary
 
 CHART = REPO / "helm" / "pagewarm"
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
+# The values files of releases that run pagewarm (mode monitoring runs nothing).
+WORKLOAD_VALUES = [p for p in CI_VALUES if p.name != "monitoring-values.yaml"]
 RELEASE = "pw"
 NAMESPACE = "models"
 RULES_FILE = REPO / "alerts" / "pagewarm.rules.yml"
@@ -114,6 +116,11 @@ def snippet_patch(rendered: Rendered) -> Manifest:
     )
     patch: Manifest = yaml.safe_load(config_map["data"]["patch.yaml"])
     return patch
+
+
+def env_values(container: Manifest) -> dict[str, str]:
+    """A container's plain env values (those from the downward API are left out)."""
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
 def quantity_bytes(text: str | int) -> int:

@@ -90,10 +90,25 @@ _ENDPOINT_FIELDS: dict[str, Any] = {
 _METADATA = {
     "type": "object",
     "required": ["name"],
+    "additionalProperties": False,
     "properties": {
         "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63},
+        "namespace": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
         "labels": _STRING_MAP,
         "annotations": _STRING_MAP,
+    },
+}
+# Fields both monitors have (monitoring.coreos.com/v1: PodMonitor and ServiceMonitor).
+_MONITOR_FIELDS: dict[str, Any] = {
+    "selector": _SELECTOR,
+    "namespaceSelector": _NAMESPACE_SELECTOR,
+    "jobLabel": {"type": "string"},
+    "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+    "sampleLimit": {"type": "integer", "minimum": 0},
+    "attachMetadata": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"node": {"type": "boolean"}},
     },
 }
 
@@ -120,9 +135,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "required": ["selector", "endpoints"],
             "additionalProperties": False,
             "properties": {
-                "selector": _SELECTOR,
-                "namespaceSelector": _NAMESPACE_SELECTOR,
-                "jobLabel": {"type": "string"},
+                **_MONITOR_FIELDS,
+                "targetLabels": {"type": "array", "items": {"type": "string"}},
                 "endpoints": {
                     "type": "array",
                     "minItems": 1,
@@ -142,9 +156,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "required": ["selector", "podMetricsEndpoints"],
             "additionalProperties": False,
             "properties": {
-                "selector": _SELECTOR,
-                "namespaceSelector": _NAMESPACE_SELECTOR,
-                "jobLabel": {"type": "string"},
+                **_MONITOR_FIELDS,
                 "podMetricsEndpoints": {
                     "type": "array",
                     "minItems": 1,

@@ -4,7 +4,8 @@ container runtime would, as far as it matters for drift between the chart and th
 - the program is the image's ENTRYPOINT (read from the Dockerfile) unless the container
   sets `command`, followed by the container's `args` (or the image's CMD);
 - the environment is the image's ENV, then the container's `env`, with Kubernetes'
-  `$(VAR)` expansion in env values, command and args;
+  `$(VAR)` expansion in env values, command and args; the downward API's
+  `fieldRef: spec.nodeName` is this machine's host name (a kubelet's node name by default);
 - every volumeMount is a local directory; container paths in the command line and the
   environment are rewritten to those directories, and container ports to free ones;
 - the user and group are the rendered ones, capabilities follow the runtime's rules (the
@@ -90,6 +91,17 @@ def expand(text: str, env: Mapping[str, str]) -> str:
         return env.get(name, match.group(0))
 
     return _ENV_REFERENCE.sub(replace, text)
+
+
+# The downward API fields the kubelet fills in, as far as the chart uses them.
+DOWNWARD_FIELDS = {"spec.nodeName": socket.gethostname}
+
+
+def downward(variable: Manifest) -> str:
+    """The value the kubelet gives an env var that reads a field of its pod."""
+    field_path = variable["valueFrom"].get("fieldRef", {}).get("fieldPath")
+    assert field_path in DOWNWARD_FIELDS, f"env {variable['name']}: {variable['valueFrom']}"
+    return DOWNWARD_FIELDS[field_path]()
 
 
 @dataclass
@@ -314,6 +326,9 @@ def prepare(
     for key, value in image.env.items():
         env[key] = _rewrite(value, path_map, port_map)
     for variable in container.get("env", []):
+        if "valueFrom" in variable:
+            env[variable["name"]] = downward(variable)
+            continue
         assert "value" in variable, f"env {variable['name']}: only plain values are emulated"
         env[variable["name"]] = _rewrite(expand(str(variable["value"]), env), path_map, port_map)
 

@@ -1,21 +1,41 @@
 """The PrometheusRule and the dashboard ConfigMaps are the repository's files, read by the
-chart through its symlinks (never copies): what promtool tests is what is deployed."""
+chart through its symlinks (never copies): what promtool tests is what is deployed, changed
+only the way kube-prometheus-stack users expect (alerts off by name, severity, for,
+keep_firing_for, extra labels and annotations). They are fleet-wide: one release per
+cluster (mode monitoring) renders them, the per-model releases do not. The monitors give
+every series the node it was scraped on, name the job, and bound what a scrape may return."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from tests.deploy import chart
-from tests.support import require_binary
+from tests.support import REPO, require_binary
+
+Manifest = dict[str, Any]
+ALERTS_DIR = REPO / "alerts"
+PER_MODEL = ["sidecar", "init", "node", "sidecar-snippet", "hf-cache"]
 
 
-def monitoring_on() -> chart.Rendered:
-    return chart.render([chart.values_file("monitoring-on")])
+def monitoring(overrides: dict[str, Any] | None = None) -> chart.Rendered:
+    return chart.render([chart.values_file("monitoring")], overrides)
+
+
+def rule_spec(overrides: dict[str, Any] | None = None) -> Manifest:
+    spec: Manifest = chart.render([], {"mode": "monitoring", **(overrides or {})}).one(
+        "PrometheusRule"
+    )["spec"]
+    return spec
+
+
+def alerts(spec: Manifest) -> list[Manifest]:
+    return [r for g in spec["groups"] for r in g["rules"] if "alert" in r]
 
 
 def test_chart_files_are_links_to_the_repository() -> None:
@@ -27,13 +47,66 @@ def test_chart_files_are_links_to_the_repository() -> None:
 
 
 def test_prometheus_rule_is_the_repository_rules_file() -> None:
-    rule = monitoring_on().one("PrometheusRule")
-    assert rule["spec"] == yaml.safe_load(chart.RULES_FILE.read_text())
-    assert rule["spec"]["groups"], "the rules file has no groups"
+    """With the defaults, the spec is the rules file as promtool tests it."""
+    assert rule_spec() == yaml.safe_load(chart.RULES_FILE.read_text())
+
+
+def test_monitoring_mode_renders_the_fleet_wide_objects_only() -> None:
+    rendered = monitoring()
+    assert {m["kind"] for m in rendered.manifests} == {"PrometheusRule", "ConfigMap"}
+    rule = rendered.one("PrometheusRule")
+    assert rule["metadata"]["namespace"] == "monitoring"  # the namespace override
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
-def promtool_check_rules(spec: dict[str, object], tmp_path: Path) -> None:
+@pytest.mark.parametrize("values", PER_MODEL)
+def test_per_model_releases_leave_rules_and_dashboards_to_the_monitoring_release(
+    values: str,
+) -> None:
+    kinds = {m["kind"] for m in chart.render([chart.values_file(values)]).manifests}
+    assert "PrometheusRule" not in kinds
+    dashboards = [
+        m
+        for m in chart.render([chart.values_file(values)]).of_kind("ConfigMap")
+        if "-dashboard-" in m["metadata"]["name"]
+    ]
+    assert dashboards == []
+
+
+def test_n_model_releases_and_one_monitoring_release_give_one_copy() -> None:
+    """Three models, three releases, plus the monitoring release: the cluster gets each
+    rule group once and each dashboard uid once (before, every release brought its own
+    copy: N identical groups evaluated N times, N ConfigMaps with one uid, the first
+    uninstall deleting the shared dashboard)."""
+    manifests: list[Manifest] = []
+    for release, model in (("llama", "llama-8b"), ("qwen", "qwen-7b"), ("mistral", "mistral-7b")):
+        args = ["template", release, str(chart.CHART), "--namespace", f"team-{release}"]
+        args += ["--values", str(chart.values_file("monitoring-on"))]
+        args += ["--set", f"model.path=/models/{model}"]
+        manifests += [m for m in yaml.safe_load_all(chart.run_helm(*args).stdout) if m]
+    args = ["template", "pagewarm", str(chart.CHART), "--namespace", "monitoring"]
+    args += ["--values", str(chart.values_file("monitoring"))]
+    manifests += [m for m in yaml.safe_load_all(chart.run_helm(*args).stdout) if m]
+    groups = [
+        g["name"] for m in manifests if m["kind"] == "PrometheusRule" for g in m["spec"]["groups"]
+    ]
+    assert sorted(groups) == sorted(
+        g["name"] for g in yaml.safe_load(chart.RULES_FILE.read_text())["groups"]
+    )
+    uids = [
+        json.loads(text)["uid"]
+        for m in manifests
+        if m["kind"] == "ConfigMap"
+        for key, text in m.get("data", {}).items()
+        if key.endswith(".json")
+    ]
+    assert sorted(uids) == sorted(
+        json.loads(p.read_text())["uid"] for p in chart.DASHBOARDS_DIR.glob("*.json")
+    )
+    assert len([m for m in manifests if m["kind"] == "ServiceMonitor"]) == 3
+
+
+def promtool_check_rules(spec: Manifest, tmp_path: Path) -> None:
     promtool = require_binary("promtool")
     extracted = tmp_path / "rules.yml"
     extracted.write_text(yaml.safe_dump(spec))
@@ -48,25 +121,133 @@ def promtool_check_rules(spec: dict[str, object], tmp_path: Path) -> None:
 
 
 def test_prometheus_rule_passes_promtool(tmp_path: Path) -> None:
-    promtool_check_rules(monitoring_on().one("PrometheusRule")["spec"], tmp_path)
+    promtool_check_rules(monitoring().one("PrometheusRule")["spec"], tmp_path)
+
+
+def test_alerts_can_be_disabled_and_tuned_by_name(tmp_path: Path) -> None:
+    """kube-prometheus-stack's conventions: an alert off by name, severity and for
+    overridden, keep_firing_for for all or one, labels and annotations for routing."""
+    spec = rule_spec(
+        {
+            "monitoring.prometheusRule.disabled": {"PagewarmSchedulerChanged": True},
+            "monitoring.prometheusRule.customRules": {
+                "PagewarmResidencyDropped": {
+                    "severity": "info",
+                    "for": "30m",
+                    "labels": {"pager": "none"},
+                },
+                "PagewarmExporterDown": {"keepFiringFor": "15m"},
+            },
+            "monitoring.prometheusRule.additionalRuleLabels": {"team": "inference"},
+            "monitoring.prometheusRule.additionalRuleAnnotations": {"dashboard": "pagewarm"},
+            "monitoring.prometheusRule.keepFiringFor": "10m",
+        }
+    )
+    by_name: dict[str, list[Manifest]] = {}
+    for rule in alerts(spec):
+        by_name.setdefault(rule["alert"], []).append(rule)
+    assert "PagewarmSchedulerChanged" not in by_name
+    (dropped,) = by_name["PagewarmResidencyDropped"]
+    assert dropped["labels"] == {"severity": "info", "pager": "none", "team": "inference"}
+    assert dropped["for"] == "30m"
+    assert dropped["keep_firing_for"] == "10m"
+    (down,) = by_name["PagewarmExporterDown"]
+    assert down["keep_firing_for"] == "15m"
+    assert down["labels"]["severity"] == "warning"
+    for rules in by_name.values():
+        for rule in rules:
+            assert rule["labels"]["team"] == "inference"
+            assert rule["annotations"]["dashboard"] == "pagewarm"
+            assert rule["annotations"]["runbook_url"].endswith(f"{rule['alert']}.md")
+    # The recording rules are untouched, and what Prometheus gets still passes promtool.
+    original = yaml.safe_load(chart.RULES_FILE.read_text())
+    records = [r for g in original["groups"] for r in g["rules"] if "record" in r]
+    assert [r for g in spec["groups"] for r in g["rules"] if "record" in r] == records
+    promtool_check_rules(spec, tmp_path)
+
+
+def test_unknown_alert_names_are_refused() -> None:
+    for key in ("disabled", "customRules"):
+        with pytest.raises(chart.RenderError) as raised:
+            rule_spec({f"monitoring.prometheusRule.{key}": {"PagewarmColdLoadRegresion": {}}})
+        assert "PagewarmColdLoadRegresion" in str(raised.value)
 
 
 def test_expected_schedulers_and_runbook_base_are_the_fleets_own(tmp_path: Path) -> None:
-    rule = chart.render(
-        [chart.values_file("monitoring-on")],
+    """The expected-scheduler check is opt-in: the chart writes the set into the one
+    recording rule, and PagewarmSchedulerUnexpected fires for a device outside it (a
+    promtool unit test run against the rules as rendered)."""
+    spec = rule_spec(
         {
             "monitoring.prometheusRule.expectedSchedulers": ["none", "mq-deadline"],
             "monitoring.prometheusRule.runbookBaseUrl": "https://runbooks.example.com/pagewarm/",
-        },
-    ).one("PrometheusRule")
-    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+        }
+    )
+    rules = [r for g in spec["groups"] for r in g["rules"]]
     (expected,) = [r for r in rules if r.get("record") == "pagewarm:io_scheduler_expected:info"]
     assert expected["expr"].count("label_replace") == 2
-    assert '"mq-deadline"' in expected["expr"]
     urls = {r["annotations"]["runbook_url"] for r in rules if "alert" in r}
     assert urls
     assert all(u.startswith("https://runbooks.example.com/pagewarm/Pagewarm") for u in urls)
-    promtool_check_rules(rule["spec"], tmp_path)
+    promtool_check_rules(spec, tmp_path)
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(spec))
+    devices = {
+        "gpu-a": ("nvme0n1", "none"),
+        "gpu-b": ("vda", "mq-deadline"),
+        "gpu-c": ("sda", "bfq"),
+    }
+    series = [
+        {
+            "series": f'pagewarm_io_scheduler_info{{job="pagewarm",node="{node}",'
+            f'device="{device}",scheduler="{scheduler}"}}',
+            "values": "1x60",
+        }
+        for node, (device, scheduler) in devices.items()
+    ]
+    unexpected = {
+        "exp_labels": {"severity": "warning", "node": "gpu-c", "device": "sda", "scheduler": "bfq"},
+        "exp_annotations": {
+            "summary": "sda on gpu-c uses I/O scheduler bfq, not an expected one",
+            "description": "Block device sda on node gpu-c, which holds model weights, uses "
+            "the I/O scheduler bfq; the fleet expects none mq-deadline "
+            "(pagewarm:io_scheduler_expected:info). Either the node was never tuned (a new "
+            "node image, a new disk type) or the set lacks this device's kind: fix the node, "
+            "or add the scheduler to the set.",
+            "runbook_url": "https://runbooks.example.com/pagewarm/PagewarmSchedulerUnexpected.md",
+        },
+    }
+    test = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "30s",
+        "tests": [
+            {
+                "interval": "30s",
+                "input_series": series,
+                "alert_rule_test": [
+                    {
+                        "alertname": "PagewarmSchedulerUnexpected",
+                        "eval_time": "14m",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "alertname": "PagewarmSchedulerUnexpected",
+                        "eval_time": "16m",
+                        "exp_alerts": [unexpected],
+                    },
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    result = subprocess.run(
+        [require_binary("promtool"), "test", "rules", "test.yml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_dashboards_are_the_repository_dashboards() -> None:
@@ -74,7 +255,7 @@ def test_dashboards_are_the_repository_dashboards() -> None:
     assert files, f"no dashboards in {chart.DASHBOARDS_DIR}: the chart ships grafana/*.json"
     rendered = {
         key: (config_map, value)
-        for config_map in monitoring_on().of_kind("ConfigMap")
+        for config_map in monitoring().of_kind("ConfigMap")
         for key, value in config_map["data"].items()
         if key.endswith(".json")
     }
@@ -89,17 +270,16 @@ def test_dashboards_are_the_repository_dashboards() -> None:
 
 
 def test_dashboard_label_is_configurable() -> None:
-    if not list(chart.DASHBOARDS_DIR.glob("*.json")):
-        pytest.fail(f"no dashboards in {chart.DASHBOARDS_DIR}")
-    rendered = chart.render(
-        [chart.values_file("monitoring-on")],
+    rendered = monitoring(
         {
             "monitoring.dashboards.label": "dashboards.example.com/grafana",
             "monitoring.dashboards.labelValue": "pagewarm",
             "monitoring.dashboards.namespace": "",
-        },
+        }
     )
-    for config_map in rendered.of_kind("ConfigMap"):
+    config_maps = rendered.of_kind("ConfigMap")
+    assert config_maps
+    for config_map in config_maps:
         labels = config_map["metadata"]["labels"]
         assert labels["dashboards.example.com/grafana"] == "pagewarm"
         assert "grafana_dashboard" not in labels
@@ -110,7 +290,80 @@ def test_monitoring_objects_are_switchable() -> None:
     off = chart.render([chart.values_file("monitoring-off")])
     kinds = {m["kind"] for m in off.manifests}
     assert kinds == {"Deployment"}
+    # A single-model cluster may keep everything in one release, explicitly.
     only_rules = chart.render(
         [chart.values_file("monitoring-off")], {"monitoring.prometheusRule.enabled": True}
     )
     assert {m["kind"] for m in only_rules.manifests} == {"Deployment", "PrometheusRule"}
+    rules_off = monitoring({"monitoring.prometheusRule.enabled": False})
+    assert {m["kind"] for m in rules_off.manifests} == {"ConfigMap"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (
+            {"monitoring.prometheusRule.enabled": False, "monitoring.dashboards.enabled": False},
+            "nothing to install",
+        ),
+        ({"monitoring.serviceMonitor.enabled": True}, "in the releases that run pagewarm"),
+    ],
+)
+def test_monitoring_mode_refuses_what_it_would_ignore(overrides: dict[str, Any], says: str) -> None:
+    with pytest.raises(chart.RenderError) as raised:
+        monitoring(overrides)
+    assert says in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "values"), [("ServiceMonitor", "monitoring-on"), ("PodMonitor", "node")]
+)
+def test_monitors_follow_kube_prometheus_stack_conventions(kind: str, values: str) -> None:
+    """node from the pod's node (before the user's relabelings), attachMetadata.node, the
+    job named by the pagewarm.io/job label, target labels, a sample limit, a namespace of
+    their own."""
+    key = "serviceMonitor" if kind == "ServiceMonitor" else "podMonitor"
+    overrides: dict[str, Any] = {
+        f"monitoring.{key}.namespace": "monitoring",
+        f"monitoring.{key}.podTargetLabels": ["app.kubernetes.io/version"],
+        f"monitoring.{key}.sampleLimit": 5000,
+        f"monitoring.{key}.relabelings": [
+            {
+                "action": "replace",
+                "sourceLabels": ["__meta_kubernetes_node_label_topology_kubernetes_io_zone"],
+                "targetLabel": "zone",
+            }
+        ],
+    }
+    rendered = chart.render([chart.values_file(values)], overrides)
+    monitor = rendered.one(kind)
+    spec = monitor["spec"]
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    assert spec["namespaceSelector"] == {"matchNames": [chart.NAMESPACE]}
+    assert spec["attachMetadata"] == {"node": True}
+    assert spec["jobLabel"] == "pagewarm.io/job"
+    assert spec["podTargetLabels"] == ["app.kubernetes.io/version"]
+    assert spec["sampleLimit"] == 5000
+    endpoints = spec["endpoints" if kind == "ServiceMonitor" else "podMetricsEndpoints"]
+    (endpoint,) = endpoints
+    first, second = endpoint["relabelings"]
+    assert first == {
+        "action": "replace",
+        "sourceLabels": ["__meta_kubernetes_pod_node_name"],
+        "targetLabel": "node",
+    }
+    assert second["targetLabel"] == "zone"
+    # The job label's value is on what the monitor reads it from.
+    workload = rendered.one("Deployment" if kind == "ServiceMonitor" else "DaemonSet")
+    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels["pagewarm.io/job"] == "pagewarm"
+    if kind == "ServiceMonitor":
+        service = next(
+            s for s in rendered.of_kind("Service") if s["metadata"]["name"].endswith("-metrics")
+        )
+        assert service["metadata"]["labels"]["pagewarm.io/job"] == "pagewarm"
+        assert spec["targetLabels"] == ["app.kubernetes.io/instance"]  # ci/monitoring-on
+    defaults = chart.render([chart.values_file(values)]).one(kind)["spec"]
+    assert defaults["sampleLimit"] == chart.values_yaml()["monitoring"][key]["sampleLimit"]
+    default_monitor = chart.render([chart.values_file(values)]).one(kind)
+    assert default_monitor["metadata"]["namespace"] == chart.NAMESPACE

@@ -78,7 +78,7 @@ def test_the_vllm_log_reaches_the_sidecar() -> None:
     pod = chart.pod_spec(rendered.one("Deployment"))
     sidecar, vllm = chart.container(pod, "pagewarm"), chart.container(pod, "vllm")
     log_path = sidecar["args"][sidecar["args"].index("--vllm-log") + 1]
-    env = {e["name"]: e["value"] for e in vllm["env"]}
+    env = chart.env_values(vllm)
     config_path = Path(env["VLLM_LOGGING_CONFIG_PATH"])
     mount = next(m for m in vllm["volumeMounts"] if m["mountPath"] == str(config_path.parent))
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
@@ -131,7 +131,7 @@ def test_node_mode_exports_the_model_cache_read_only() -> None:
     assert "initContainers" not in pod
 
 
-@pytest.mark.parametrize("values", chart.CI_VALUES, ids=lambda p: p.name)
+@pytest.mark.parametrize("values", chart.WORKLOAD_VALUES, ids=lambda p: p.name)
 def test_pagewarm_containers_are_hardened(values: Path) -> None:
     rendered = chart.render([values])
     pod = workload_pod(rendered)
@@ -152,7 +152,7 @@ def test_pagewarm_containers_are_hardened(values: Path) -> None:
         assert model_mounts
         assert all(m["readOnly"] is True for m in model_mounts)
         # State is written to the one volume meant for it, never to the root filesystem.
-        env = {e["name"]: e["value"] for e in container["env"]}
+        env = chart.env_values(container)
         state = next(m for m in container["volumeMounts"] if m["name"] == "pagewarm-state")
         assert env["PAGEWARM_SAMPLES"].startswith(state["mountPath"] + "/")
         assert env["PYTHONDONTWRITEBYTECODE"] == "1"
@@ -190,10 +190,12 @@ def test_recommended_labels_everywhere(values: Path) -> None:
             pod_labels = manifest["spec"]["template"]["metadata"]["labels"]
             selector = manifest["spec"]["selector"]["matchLabels"]
             assert selector.items() <= pod_labels.items()
+            assert pod_labels["pagewarm.io/instance"] == "pw-pagewarm"
 
 
 def test_service_monitor_selects_the_metrics_service_and_carries_labels() -> None:
     rendered = chart.render([chart.values_file("monitoring-on")])
+    assert rendered.of_kind("Deployment")
     monitor = rendered.one("ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     selected = [
@@ -229,9 +231,10 @@ def test_pod_monitor_scrapes_the_named_port() -> None:
 
 
 def test_scrape_jobs_match_the_exporter_down_alert() -> None:
-    """PagewarmExporterDown selects up{job=~".*pagewarm.*"}; Prometheus names the job after
-    the Service (ServiceMonitor) or the PodMonitor: their names keep "pagewarm" even when
-    the release is named otherwise."""
+    """PagewarmExporterDown selects up{job=~".*pagewarm.*"}; the monitors name the job
+    "pagewarm" (jobLabel), and without a jobLabel Prometheus names it after the Service
+    (ServiceMonitor) or the PodMonitor: their names keep "pagewarm" even when the release
+    is named otherwise."""
     overrides = {"fullnameOverride": "llama", "monitoring.podMonitor.enabled": True}
     rendered = chart.render([chart.values_file("monitoring-on")], overrides)
     assert rendered.one("Deployment")["metadata"]["name"] == "llama"
@@ -242,7 +245,7 @@ def test_scrape_jobs_match_the_exporter_down_alert() -> None:
 
 
 def test_images_are_pinned() -> None:
-    for values in chart.CI_VALUES:
+    for values in chart.WORKLOAD_VALUES:
         pod = workload_pod(chart.render([values]))
         for container in chart.containers(pod):
             if "image" in container:

@@ -4,6 +4,8 @@ Prometheus Operator kinds against their CRDs' structure."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,19 @@ import kubernetes_validate
 import pytest
 
 from tests.deploy import chart, crds
+from tests.support import require_binary
+
+Manifest = dict[str, Any]
 
 # What each values file must render, and nothing else: kind/name.
 EXPECTED_OBJECTS = {
+    "hf-cache": [
+        "Deployment/pw-pagewarm",
+        "Service/pw-pagewarm",
+        "Service/pw-pagewarm-metrics",
+        "ServiceAccount/pw-pagewarm",
+    ],
+    "monitoring": ["PrometheusRule/pw-pagewarm"],
     "sidecar": [
         "ConfigMap/pw-pagewarm-vllm-logging",
         "Deployment/pw-pagewarm",
@@ -39,7 +51,8 @@ EXPECTED_OBJECTS = {
     ],
     "monitoring-on": [
         "Deployment/pw-pagewarm",
-        "PrometheusRule/pw-pagewarm",
+        "NetworkPolicy/pw-pagewarm",
+        "PodDisruptionBudget/pw-pagewarm",
         "Service/pw-pagewarm",
         "Service/pw-pagewarm-metrics",
         "ServiceAccount/pw-pagewarm",
@@ -55,7 +68,7 @@ def ci_name(path: Path) -> str:
 
 
 def dashboards() -> list[str]:
-    """ConfigMaps the monitoring-on values add: one per dashboard of the repository."""
+    """ConfigMaps the monitoring values add: one per dashboard of the repository."""
     return [
         f"ConfigMap/pw-pagewarm-dashboard-{p.stem.lower().replace('_', '-').replace('.', '-')}"
         for p in sorted(chart.DASHBOARDS_DIR.glob("*.json"))
@@ -80,7 +93,7 @@ def test_helm_lint_strict(values: Path | None) -> None:
 def test_renders_the_expected_objects(values: Path) -> None:
     rendered = chart.render([values])
     expected = EXPECTED_OBJECTS[ci_name(values)]
-    if ci_name(values) == "monitoring-on":
+    if ci_name(values) == "monitoring":
         expected = sorted(expected + dashboards())
     assert rendered.kinds() == sorted(expected)
 
@@ -98,83 +111,156 @@ def test_every_object_is_valid_against_the_kubernetes_schemas(values: Path) -> N
             pytest.fail(f"{manifest['kind']}/{manifest['metadata']['name']} {path}: {error}")
 
 
-@pytest.mark.parametrize(
-    ("overrides", "init_containers", "volumes"),
-    [
-        ({}, ["pagewarm"], {"model-cache", "pagewarm-state"}),
-        ({"mode": "init"}, ["pagewarm-exporter", "pagewarm"], {"model-cache", "pagewarm-state"}),
-        (
-            {"sidecar.vllmLog.enabled": True},
-            ["pagewarm"],
-            {"model-cache", "pagewarm-state", "pagewarm-vllm-log", "pagewarm-vllm-logging"},
-        ),
-    ],
-    ids=["sidecar", "init", "vllm-log"],
-)
-def test_the_snippet_patch_makes_a_valid_deployment(
-    overrides: dict[str, Any], init_containers: list[str], volumes: set[str]
-) -> None:
-    """A user's own vLLM Deployment, with the snippet applied the way a strategic merge
-    does it (lists merged by their merge key, maps merged), is still a valid Deployment."""
-    rendered = chart.render([chart.values_file("sidecar-snippet")], overrides)
-    patch = chart.snippet_patch(rendered)
-    deployment = {
+# Host Deployments the snippet patches, written here as their charts document them (no file
+# of theirs is copied). vLLM production-stack's engine Deployment
+# (helm/templates/deployment-vllm-multi.yaml): named <release>-<model>-deployment-vllm,
+# selecting its pods on `model` and `helm-release-name` plus servingEngineSpec.labels
+# (default environment: test, release: test); the container is "vllm", an optional init
+# container (modelSpec.initContainer, "init" in its example) runs first, and the model's PVC
+# "<release>-storage" is mounted at /data, the Hugging Face cache (HF_HOME=/data).
+PRODUCTION_STACK_LABELS = {
+    "model": "mistral",
+    "helm-release-name": "vllm",
+    "environment": "test",
+    "release": "test",
+}
+# A `helm create`-style chart selects its pods on the app.kubernetes.io labels.
+HELM_CREATE_LABELS = {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": "llama"}
+
+
+def host_deployment(name: str, labels: dict[str, str], volume: str, mount: str) -> Manifest:
+    return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": "my-vllm"},
+        "metadata": {"name": name, "labels": dict(labels)},
         "spec": {
-            "selector": {"matchLabels": {"app": "my-vllm"}},
+            "replicas": 1,
+            "selector": {"matchLabels": dict(labels)},
             "template": {
-                "metadata": {"labels": {"app": "my-vllm"}},
+                "metadata": {"labels": dict(labels)},
                 "spec": {
+                    "initContainers": [
+                        {
+                            "name": "init",
+                            "image": "busybox:1.36",
+                            "command": ["sh", "-c", "ls /data"],
+                            "volumeMounts": [{"name": volume, "mountPath": mount}],
+                        }
+                    ],
                     "containers": [
                         {
                             "name": "vllm",
                             "image": "vllm/vllm-openai:v0.11.0",
-                            "volumeMounts": [{"name": "model-cache", "mountPath": "/data/models"}],
+                            "command": ["vllm", "serve", "mistralai/Mistral-7B-Instruct-v0.2"],
+                            "env": [{"name": "HF_HOME", "value": mount}],
+                            "ports": [{"name": "container-port", "containerPort": 8000}],
+                            "volumeMounts": [{"name": volume, "mountPath": mount}],
                         }
                     ],
-                    "volumes": [
-                        {"name": "model-cache", "persistentVolumeClaim": {"claimName": "m"}}
-                    ],
+                    "volumes": [{"name": volume, "persistentVolumeClaim": {"claimName": volume}}],
                 },
             },
         },
     }
-    merged = strategic_merge(deployment, patch)
+
+
+HOSTS = {
+    "production-stack": (
+        host_deployment(
+            "vllm-mistral-deployment-vllm", PRODUCTION_STACK_LABELS, "vllm-storage", "/data"
+        ),
+        {
+            "model.path": "/data/hub/models--mistralai--Mistral-7B-Instruct-v0.2",
+            "model.volume.name": "vllm-storage",
+            "model.volume.mountPath": "/data",
+            "sidecar.loadTimeoutSeconds": 600,
+            "snippet.initContainersBefore": ["init"],
+        },
+    ),
+    "helm-create": (
+        host_deployment("llama-vllm", HELM_CREATE_LABELS, "model-cache", "/data/models"),
+        {"snippet.initContainersBefore": ["init"], "model.volume.name": "model-cache"},
+    ),
+}
+
+
+def kubectl_strategic_merge(original: Manifest, patch: str, tmp_path: Path) -> Manifest:
+    """What `kubectl patch --patch-file` does to the Deployment, done offline by kubectl
+    itself (its built-in schema of apps/v1: merge keys, $setElementOrder)."""
+    kubectl = require_binary("kubectl")
+    target = tmp_path / "deployment.json"
+    target.write_text(json.dumps(original))
+    patch_file = tmp_path / "patch.yaml"
+    patch_file.write_text(patch)
+    argv = [kubectl, "patch", "--local", "--type", "strategic", "-f", str(target)]
+    result = subprocess.run(
+        [*argv, "--patch-file", str(patch_file), "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    merged: Manifest = json.loads(result.stdout)
+    return merged
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+@pytest.mark.parametrize(
+    ("overrides", "init_containers", "volumes"),
+    [
+        ({}, ["init", "pagewarm"], {"pagewarm-state"}),
+        ({"mode": "init"}, ["init", "pagewarm-exporter", "pagewarm"], {"pagewarm-state"}),
+        (
+            {"sidecar.vllmLog.enabled": True},
+            ["init", "pagewarm"],
+            {"pagewarm-state", "pagewarm-vllm-log", "pagewarm-vllm-logging"},
+        ),
+    ],
+    ids=["sidecar", "init", "vllm-log"],
+)
+def test_the_snippet_patch_keeps_the_host_deployment_valid_and_selected(
+    host: str,
+    overrides: dict[str, Any],
+    init_containers: list[str],
+    volumes: set[str],
+    tmp_path: Path,
+) -> None:
+    """A host chart's vLLM Deployment, patched with the snippet by a real strategic merge
+    (kubectl), still selects its own pods (pagewarm adds labels of its own and changes none
+    of the host's), is a valid Deployment, runs pagewarm after the host's init container,
+    and is what pagewarm's metrics Service and NetworkPolicy select."""
+    deployment, host_values = HOSTS[host]
+    values = {**host_values, "networkPolicy.enabled": True, **overrides}
+    rendered = chart.render([chart.values_file("sidecar-snippet")], values)
+    config_map = next(
+        m for m in rendered.of_kind("ConfigMap") if m["metadata"]["name"].endswith("-snippet")
+    )
+    merged = kubectl_strategic_merge(deployment, config_map["data"]["patch.yaml"], tmp_path)
     kubernetes_validate.validate(merged, chart.KUBERNETES_VERSION, strict=True)
+    labels = merged["spec"]["template"]["metadata"]["labels"]
+    selector = merged["spec"]["selector"]["matchLabels"]
+    assert selector == deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= labels.items(), "the patched pods no longer match the selector"
+    host_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert {k: v for k, v in labels.items() if not k.startswith("pagewarm.io/")} == host_labels
     spec = merged["spec"]["template"]["spec"]
     assert [c["name"] for c in spec["initContainers"]] == init_containers
-    assert {v["name"] for v in spec["volumes"]} == volumes
-    labels = merged["spec"]["template"]["metadata"]["labels"]
-    assert labels["app.kubernetes.io/instance"] == chart.RELEASE
+    assert {v["name"] for v in spec["volumes"]} - {host_values["model.volume.name"]} == volumes
     (vllm,) = spec["containers"]
-    assert vllm["image"] == "vllm/vllm-openai:v0.11.0"  # the user's container, kept
+    assert vllm["image"] == "vllm/vllm-openai:v0.11.0"  # the host's container, kept
     if "pagewarm-vllm-log" in volumes:
         assert {e["name"] for e in vllm["env"]} == {
+            "HF_HOME",
             "VLLM_CONFIGURE_LOGGING",
             "VLLM_LOGGING_CONFIG_PATH",
         }
-
-
-def strategic_merge(original: Any, patch: Any) -> Any:
-    """Maps merge key by key; lists merge by their merge key as Kubernetes' strategic merge
-    does (mountPath for volumeMounts, name for containers, volumes and env); other values
-    are replaced."""
-    if isinstance(original, dict) and isinstance(patch, dict):
-        merged = dict(original)
-        for key, value in patch.items():
-            merged[key] = strategic_merge(original[key], value) if key in original else value
-        return merged
-    if isinstance(original, list) and isinstance(patch, list):
-        items = original + patch
-        for key in ("mountPath", "name"):
-            if items and all(isinstance(i, dict) and key in i for i in items):
-                patched = {p[key]: p for p in patch}
-                result = [strategic_merge(i, patched.get(i[key], i)) for i in original]
-                known = {i[key] for i in original}
-                return result + [p for p in patch if p[key] not in known]
-    return patch
+    service = next(
+        s for s in rendered.of_kind("Service") if s["metadata"]["name"].endswith("-metrics")
+    )
+    assert service["spec"]["selector"].items() <= labels.items()
+    policy = rendered.one("NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
 
 
 def test_the_chart_packages_with_its_rules_and_dashboards(tmp_path: Path) -> None:

@@ -28,15 +28,13 @@ def refusal(values: list[Any], overrides: dict[str, Any]) -> str:
         ({"pagewarm.fowners": True}, "fowners"),  # unknown nested key
         ({"sidecar.keepwarm": True}, "keepwarm"),
         ({"mode": "daemon"}, "/mode"),
-        ({"model.sizeBytes": "16Gi"}, "/model/sizeBytes"),
+        ({"model.sizeBytes": "16GB"}, "/model/sizeBytes"),
         ({"model.sizeBytes": -1}, "/model/sizeBytes"),
         ({"model.path": "models/llama"}, "/model/path"),
         ({"model.volume.type": "nfs"}, "/model/volume/type"),
         ({"sidecar.gate": "half"}, "/sidecar/gate"),
         ({"sidecar.gate": "ratio:1.5"}, "/sidecar/gate"),
         ({"sidecar.gateTimeoutSeconds": 0}, "/sidecar/gateTimeoutSeconds"),
-        ({"image.tag": "latest"}, "/image/tag"),
-        ({"vllm.image.tag": "latest"}, "/vllm/image/tag"),
         ({"image.digest": "sha256:abc"}, "/image/digest"),
         ({"pagewarm.runAsUser": -1}, "/pagewarm/runAsUser"),
         ({"pagewarm.runAsUser": "nobody"}, "/pagewarm/runAsUser"),
@@ -47,6 +45,17 @@ def refusal(values: list[Any], overrides: dict[str, Any]) -> str:
         ({"monitoring.serviceMonitor.interval": "30 seconds"}, "interval"),
         ({"node.mountPropagation": "Bidirectional"}, "/node/mountPropagation"),
         ({"pagewarm.stateVolume": {"name": "x", "emptyDir": {}}}, "/pagewarm/stateVolume"),
+        ({"mode": "monitor"}, "/mode"),
+        ({"model.revision": "main"}, "/model/revision"),
+        ({"monitoring.prometheusRule.disabled": {"PagewarmDown": True}}, "PagewarmDown"),
+        (
+            {"monitoring.prometheusRule.customRules": {"PagewarmExporterDown": {"for": "5 min"}}},
+            "/monitoring/prometheusRule/customRules",
+        ),
+        ({"monitoring.serviceMonitor.sampleLimit": -1}, "sampleLimit"),
+        ({"networkPolicy.metricsFrom": []}, "/networkPolicy/metricsFrom"),
+        ({"vllm.podDisruptionBudget.maxUnavailable": "half"}, "maxUnavailable"),
+        ({"global": {"imageRegistry": 5}}, "/global/imageRegistry"),
     ],
 )
 def test_schema_refuses(overrides: dict[str, Any], where: str) -> None:
@@ -73,6 +82,18 @@ def test_schema_refuses(overrides: dict[str, Any], where: str) -> None:
             "needs monitoring.service.enabled",
         ),
         ({"pagewarm.resources": {"limits": {"memory": "12Qi"}}}, "schema"),
+        # Defect 8: what crash-looped or failed with "'not' failed" now says what is wrong.
+        (
+            {"pagewarm.port": 8000},
+            "vllm.port and pagewarm.port are both 8000: vLLM and pagewarm share the pod's "
+            "network, and the second to bind the port would exit at once",
+        ),
+        ({"vllm.image.tag": "latest"}, 'vllm.image.tag is "latest", which names a different'),
+        ({"image.tag": "latest"}, "Pin a version (e.g. image.tag=v0.11.0), or pin image.digest"),
+        (
+            {"vllm.podDisruptionBudget": {"enabled": True, "minAvailable": 1}},
+            "needs exactly one of minAvailable and maxUnavailable",
+        ),
     ],
 )
 def test_templates_refuse_values_that_do_not_fit(overrides: dict[str, Any], says: str) -> None:
@@ -160,6 +181,31 @@ def test_partial_prewarm_can_be_accepted() -> None:
 def test_init_memory_refusal_names_vllm() -> None:
     message = refusal(INIT, {"pagewarm.resources": {"limits": {"memory": "20Gi"}}})
     assert "the memory limits of vLLM and vllm.extraContainers" in message
+
+
+def test_a_digest_pins_a_latest_tag() -> None:
+    digest = "sha256:" + "b" * 64
+    rendered = chart.render(SIDECAR, {"vllm.image.tag": "latest", "vllm.image.digest": digest})
+    vllm = chart.container(chart.pod_spec(rendered.one("Deployment")), "vllm")
+    assert vllm["image"] == f"vllm/vllm-openai:latest@{digest}"
+
+
+@pytest.mark.parametrize(("size", "expected"), [("16Gi", 16 << 30), ("15.5G", 15_500_000_000)])
+def test_model_size_takes_kubernetes_quantities(size: str, expected: int) -> None:
+    """model.sizeBytes in the form limits take (it was refused as a string)."""
+    required = expected + (512 << 20)  # the reserve and the headroom, 256 MiB each
+    assert warmer_limit(SIDECAR, {"model.sizeBytes": size}) == -(-required // MiB) * MiB
+
+
+def test_run_as_user_can_be_left_to_the_platform() -> None:
+    """OpenShift's restricted SCC assigns a UID from the namespace's range: null is no
+    UID at all (not 0, which runAsNonRoot would refuse)."""
+    rendered = chart.render(SIDECAR, {"pagewarm.runAsUser": None})
+    security = chart.container(chart.pod_spec(rendered.one("Deployment")), "pagewarm")[
+        "securityContext"
+    ]
+    assert "runAsUser" not in security
+    assert security["runAsNonRoot"] is True
 
 
 def test_node_mode_needs_no_model() -> None:

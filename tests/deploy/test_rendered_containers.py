@@ -105,6 +105,20 @@ def start_and_probe(
     return process, url
 
 
+def wait_for_status(
+    port: int, holds: Callable[[dict[str, Any]], Any], timeout: float = 60.0
+) -> dict[str, Any]:
+    """The sidecar's /status once ``holds`` is true of it (an event, not a clock)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = kubelet.http_get(f"http://127.0.0.1:{port}/status")
+        assert status == 200, body
+        state: dict[str, Any] = json.loads(body)
+        if holds(state) or time.monotonic() > deadline:
+            return state
+        time.sleep(0.1)
+
+
 def test_sidecar_gates_vllm_and_times_its_load(sandbox: Path) -> None:
     """The pod of ci/sidecar-values.yaml, started as the kubelet starts it: the native
     sidecar warms the model and opens the gate its startupProbe watches; only then does
@@ -144,9 +158,8 @@ def test_sidecar_gates_vllm_and_times_its_load(sandbox: Path) -> None:
             ratio = metric(text, "pagewarm_model_resident_ratio", model=model)
             assert ratio is not None and ratio > 0.95
             # What the sidecar says it was told: the rendered flags and env reached it.
-            status, body = kubelet.http_get(f"http://127.0.0.1:{port}/status")
-            assert status == 200
-            state = json.loads(body)
+            # Keep-warm starts once the warm is done, a moment after the gate opened.
+            state = wait_for_status(port, lambda s: s["keep_warm"]["enabled"])
             assert state["gate"]["policy"] == "full"
             assert state["gate"]["timeout_seconds"] == 600  # ci/sidecar-values.yaml
             assert state["keep_warm"]["enabled"] is True

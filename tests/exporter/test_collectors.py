@@ -23,7 +23,7 @@ from exporter.linux.mountinfo import read_mounts
 from exporter.models import ModelScanner, ModelSources, ModelSpec
 from exporter.residency import ModelResidency, ResidencyProbe
 from exporter.settings import ExporterSettings
-from exporter.weightset import WeightSet
+from exporter.weightset import SkipReason, WeightSet
 from tests.exporter.util import label_values, series, value
 from tests.support import MODELS_WITHOUT_WEIGHTS, fill_without_weights, write_random
 
@@ -376,3 +376,125 @@ def test_families_are_fresh_on_every_collection(tmp_path: Path) -> None:
     first, second = _collect(collectors), _collect(collectors)
     assert all(a is not b for a, b in zip(first, second, strict=True))
     assert isinstance(first[0], GaugeMetricFamily)
+
+
+PER_MODEL_FAMILIES = {
+    "pagewarm_model_present",
+    "pagewarm_model_files",
+    "pagewarm_model_size_bytes",
+    "pagewarm_model_resident_bytes",
+    "pagewarm_model_resident_ratio",
+    "pagewarm_model_residency_trusted",
+    "pagewarm_model_dirty_bytes",
+    "pagewarm_model_evicted_bytes",
+    "pagewarm_model_recently_evicted_bytes",
+    "pagewarm_model_device_info",
+}
+
+
+def _series_of(metrics: list[Metric], model: str) -> list[str]:
+    """The names of every series labelled with ``model``, one entry per series."""
+    return [s.name for m in metrics for s in m.samples if s.labels.get("model") == model]
+
+
+def test_a_models_directory_exports_ten_series_a_model_and_no_per_file_ones(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    for name in ("a", "b", "c"):
+        _model(models / name, shards=4)
+    metrics = _collect(build_collector_set(ModelSources(models_dir=models), _settings(tmp_path)))
+    for name in ("a", "b", "c"):
+        names = _series_of(metrics, name)
+        assert sorted(names) == sorted(PER_MODEL_FAMILIES), name  # one series each
+    assert series(metrics, "pagewarm_file_size_bytes") == {}
+    assert not [m for m in metrics if m.name.startswith("pagewarm_file_")]  # no empty families
+    assert value(metrics, "pagewarm_model_files", model="a") == 5
+
+
+@pytest.mark.parametrize(
+    ("setting", "shape", "per_file"),
+    [
+        (None, "directory", False),
+        (None, "one", True),
+        (None, "two", True),
+        (True, "directory", True),
+        (False, "one", False),
+        (False, "two", False),
+    ],
+)
+def test_per_file_series_follow_the_setting_and_default_to_the_shape(
+    tmp_path: Path, setting: bool | None, shape: str, per_file: bool
+) -> None:
+    models = tmp_path / "models"
+    paths = [_model(models / "a"), _model(models / "b")]
+    sources = {
+        "directory": ModelSources(models_dir=models),
+        "one": ModelSources.of(paths[:1]),
+        "two": ModelSources.of(paths),
+    }[shape]
+    settings = _settings(tmp_path, per_file_series=setting)
+    metrics = _collect(build_collector_set(sources, settings))
+    expected_models = {"a"} if shape == "one" else {"a", "b"}
+    assert label_values(metrics, "pagewarm_model_size_bytes", "model") == expected_models
+    files = {
+        (dict(k)["model"], dict(k)["file"]) for k in series(metrics, "pagewarm_file_size_bytes")
+    }
+    names = ("model-00000-of-00002.safetensors", "model-00001-of-00002.safetensors", "config.json")
+    if per_file:
+        assert files == {(model, name) for model in expected_models for name in names}
+        assert len(series(metrics, "pagewarm_file_resident_bytes")) == len(files)
+    else:
+        assert not files
+        assert not series(metrics, "pagewarm_file_resident_bytes")
+    assert label_values(metrics, "pagewarm_model_resident_bytes", "model") == expected_models
+
+
+def test_skip_reasons_are_all_there_for_a_configured_model_and_as_they_occur_in_a_directory(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    for name in ("found", "clean"):
+        _model(models / name, shards=1)
+    os.mkfifo(models / "found" / "pipe.safetensors")
+    (models / "found" / "broken.safetensors").symlink_to(tmp_path / "nowhere")
+    configured = _model(tmp_path / "configured", shards=1)
+    os.mkfifo(configured / "pipe.safetensors")
+    sources = ModelSources((ModelSpec(configured),), models_dir=models)
+    metrics = _collect(build_collector_set(sources, _settings(tmp_path)))
+
+    skipped = {
+        (dict(k)["model"], dict(k)["reason"]): v
+        for k, v in series(metrics, "pagewarm_model_skipped_files").items()
+    }
+    assert {r: v for (m, r), v in skipped.items() if m == "configured"} == {
+        reason.value: (1.0 if reason is SkipReason.NOT_REGULAR else 0.0) for reason in SkipReason
+    }
+    assert {r: v for (m, r), v in skipped.items() if m == "found"} == {
+        "broken_link": 1.0,
+        "not_regular_file": 1.0,
+    }
+    assert not [key for key in skipped if key[0] == "clean"]
+    assert value(metrics, "pagewarm_model_present", model="clean") == 1
+
+
+def test_a_model_that_vanishes_between_collections_is_gone_with_its_series(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    for name in ("stays", "goes"):
+        _model(models / name, shards=2)
+    collectors = build_collector_set(
+        ModelSources(models_dir=models), _settings(tmp_path, per_file_series=True)
+    )
+    first = _collect(collectors)
+    assert label_values(first, "pagewarm_file_size_bytes", "model") == {"stays", "goes"}
+    shutil.rmtree(models / "goes")
+    (models / "stays" / "model-00001-of-00002.safetensors").unlink()
+    second = _collect(collectors)
+    assert label_values(second, "pagewarm_model_present", "model") == {"stays"}
+    assert {dict(k)["file"] for k in series(second, "pagewarm_file_size_bytes")} == {
+        "model-00000-of-00002.safetensors",
+        "config.json",
+    }
+    assert value(second, "pagewarm_model_files", model="stays") == 2

@@ -35,11 +35,13 @@ def _env_without_models() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in MODEL_VARIABLES}
 
 
-def _cli(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str | os.PathLike[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The real CLI with no model in the environment (pagewarm() keeps the caller's)."""
     return subprocess.run(
         [sys.executable, "-m", "controller.cli", *map(str, args)],
-        env={**_env_without_models(), "PAGEWARM_LOG_FORMAT": "json"},
+        env={**_env_without_models(), "PAGEWARM_LOG_FORMAT": "json", **(env or {})},
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -77,6 +79,42 @@ def test_models_from_the_environment(tmp_path: Path) -> None:
         text = exporter.get("/metrics")
     for name in ("a", "b", "org/tiny"):
         assert f'pagewarm_model_present{{model="{name}"}} 1.0' in text
+
+
+def test_per_file_series_from_the_flag_the_environment_or_the_models_shape(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    for name in ("a", "b"):
+        write_random(models / name / "model.safetensors", 64 * KiB)
+    env = {**_env_without_models(), "PAGEWARM_PER_FILE_SERIES": "auto"}
+    runs = {
+        "directory, auto": (["--models-dir", models], env, False),
+        "directory, flag": (["--models-dir", models, "--per-file-series"], env, True),
+        "one model, auto": (["--model-path", models / "a"], env, True),
+        "one model, flag": (["--model-path", models / "a", "--no-per-file-series"], env, False),
+        "one model, environment": (
+            ["--model-path", models / "a"],
+            {**env, "PAGEWARM_PER_FILE_SERIES": "false"},
+            False,
+        ),
+        "environment, flag wins": (
+            ["--models-dir", models, "--per-file-series"],
+            {**env, "PAGEWARM_PER_FILE_SERIES": "false"},
+            True,
+        ),
+    }
+    for case, (args, run_env, per_file) in runs.items():
+        with running_exporter(*args, env=run_env) as exporter:
+            text = exporter.get("/metrics")
+        assert 'pagewarm_model_size_bytes{model="a"}' in text, case
+        assert (
+            'pagewarm_file_size_bytes{file="model.safetensors",model="a"}' in text
+        ) is per_file, case
+
+    bad = _cli("exporter", "--models-dir", models, env={"PAGEWARM_PER_FILE_SERIES": "sometimes"})
+    assert bad.returncode == 2
+    assert "per_file_series" in bad.stderr
 
 
 def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import pytest
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard as DashboardModel
 
-from grafana import generate
+from exporter.linux.permissions import OWNER_REMEDY
+from grafana import generate, sidecars
 from grafana.lint import lint, lint_file, panels, recorded_series
 from tests.support import REPO
 
@@ -60,13 +61,9 @@ def test_grafana_foundation_sdk_reads_the_dashboard_back(path: Path) -> None:
     model = DashboardModel.from_json(document)
     assert model.uid == document["uid"]
     assert model.templating is not None and model.templating.list_val is not None
-    assert [v.name for v in model.templating.list_val] == [
-        "datasource",
-        "namespace",
-        "pod",
-        "instance",
-        "model",
-    ]
+    names = [v.name for v in model.templating.list_val]
+    chain = ["datasource", "cluster", "namespace", "node", "pod", "instance"]
+    assert names == (chain if document["uid"] == sidecars.UID else [*chain, "model"])
 
 
 def test_the_dashboards_cover_what_the_issue_lists() -> None:
@@ -76,8 +73,16 @@ def test_the_dashboards_cover_what_the_issue_lists() -> None:
 
     overview = exprs("cold-starts-overview.json")
     for needle in (
-        "model_mode:pagewarm_load_duration_seconds:p50_1h",
-        "model_mode:pagewarm_load_duration_seconds:p90_1h",
+        # fleet cold-start counts over 1 h and 24 h by mode, the time-to-ready heatmap
+        "sum by (mode) (increase(pagewarm_load_duration_seconds_count{",
+        "[1h]))",
+        "[24h]))",
+        "sum by (le) (increase(pagewarm_load_duration_seconds_bucket{",
+        # quantiles that follow every variable, and the recorded per-namespace baseline
+        "histogram_quantile(0.5, sum by (namespace, model, mode, le) (increase("
+        'pagewarm_load_duration_seconds_bucket{model=~"$model", cluster=~"$cluster", '
+        'namespace=~"$namespace", node=~"$node", pod=~"$pod"',
+        "namespace_model_mode:pagewarm_load_duration_seconds:p90_7d",
         "pagewarm_last_load_duration_seconds",
         "pagewarm_last_prewarm_duration_seconds",
         "pagewarm_last_prewarm_throughput_bytes_per_second",
@@ -87,8 +92,11 @@ def test_the_dashboards_cover_what_the_issue_lists() -> None:
         "pagewarm_model_size_bytes",
     ):
         assert needle in overview, needle
+    # rare events are counted over an hour, not a per-second rate scaled up
+    assert "* 3600" not in overview
     cache = exprs("node-model-cache.json")
     for needle in (
+        "max by (node, model) (pagewarm_model_resident_ratio{",
         "pagewarm_model_resident_ratio",
         "pagewarm_file_resident_bytes",
         "pagewarm_model_evicted_bytes",
@@ -98,6 +106,34 @@ def test_the_dashboards_cover_what_the_issue_lists() -> None:
         "pagewarm_block_device_rotational",
     ):
         assert needle in cache, needle
+    sidecar = exprs("sidecars.json")
+    for metric in (
+        "gate_open",
+        "gate_info",
+        "gate_timed_out",
+        "gate_opened_after_seconds",
+        "prewarm_progress_ratio",
+        "prewarm_read_bytes",
+        "vllm_starts_total",
+        "vllm_untimed_starts_total",
+        "vllm_ready",
+        "rewarm_bytes_total",
+        "keepwarm_thrashing",
+        "mlocked_bytes",
+    ):
+        assert f"pagewarm_sidecar_{metric}{{" in sidecar, metric
+
+
+def test_the_residency_remedy_is_the_exporters_own() -> None:
+    """One text for what to do about untrusted residency: the exporter's reason, the
+    dashboard and the runbook quote the same constant (no CAP_FOWNER advice that
+    Kubernetes makes ineffective for non-root UIDs)."""
+    document = json.loads((REPO / "grafana" / "cold-starts-overview.json").read_text())
+    (panel,) = [p for p in panels(document) if p["title"] == "Residency trusted"]
+    assert OWNER_REMEDY in panel["description"]
+    assert "give the exporter container CAP_FOWNER" not in json.dumps(document)
+    runbook = (REPO / "docs" / "runbooks" / "PagewarmResidencyUntrusted.md").read_text()
+    assert OWNER_REMEDY in " ".join(runbook.split())
 
 
 # What the lint must catch: a mutation of a good dashboard, and the rule it breaks.
@@ -178,7 +214,17 @@ LINT_CASES: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
         ),
         "target-filters",
     ),
-    "unknown recording": (_replace_expr(":p50_1h", ":p50_2h"), "target-filters"),
+    "unknown recording": (_replace_expr(":p50_7d", ":p50_8d"), "target-filters"),
+    "recording without namespace": (
+        _replace_expr(':p50_7d{cluster=~"$cluster", namespace=~"$namespace", ', ":p50_7d{"),
+        "target-filters",
+    ),
+    "unfiltered node": (_replace_expr(', node=~"$node"', ""), "target-filters"),
+    "increase over another fixed window": (_replace_expr("[24h]", "[2h]"), "target-rate-interval"),
+    "rate over an event window": (
+        _replace_expr("increase(pagewarm_loads_total", "rate(pagewarm_loads_total"),
+        "target-rate-interval",
+    ),
     "undefined variable": (_drop_variable("pod"), "template-variables"),
     "unused variable": (_add_unused_variable, "template-variables"),
     "no datasource variable": (_drop_variable("datasource"), "template-datasource"),

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.monitoring import fleet, rule_cost
 from tests.support import REPO, require_binary
 
 RULES = REPO / "alerts" / "pagewarm.rules.yml"
@@ -81,6 +82,11 @@ MUTATIONS: dict[str, Mutation] = {
         "expr",
         ('{mode=~"cold|prewarm_cold"}', ""),
     ),
+    "recorded increase keeps namespace": (
+        "namespace_model_mode_le:pagewarm_load_duration_seconds_bucket:increase1h",
+        "expr",
+        ("cluster, namespace, model", "cluster, model"),
+    ),
     "prewarm born with failures": (
         "PagewarmPrewarmFailing",
         "expr",
@@ -91,20 +97,69 @@ MUTATIONS: dict[str, Mutation] = {
         "expr",
         ('unless ignoring (outcome) pagewarm_prewarm_runs_total{outcome="ok"} > 0', ""),
     ),
+    "prewarm counts partial": (
+        "PagewarmPrewarmFailing",
+        "expr",
+        ('{outcome="failed"}[1h]', '{outcome=~"failed|partial"}[1h]'),
+    ),
     "residency was resident": ("PagewarmResidencyDropped", "expr", (">= 0.9", ">= 0.6")),
     "residency for": ("PagewarmResidencyDropped", "for", "0m"),
+    "residency of models nobody serves": (
+        "PagewarmResidencyDropped",
+        "expr",
+        ("pagewarm_load_duration_seconds_count)", "pagewarm_model_resident_ratio)"),
+    ),
+    "residency per pod": (
+        "node_model:pagewarm_model_resident_ratio:max",
+        "expr",
+        (
+            "max by (cluster, node, model) (pagewarm_model_resident_ratio)",
+            "pagewarm_model_resident_ratio",
+        ),
+    ),
     "untrusted": ("PagewarmResidencyUntrusted", "expr", ("== 0", "== 1")),
     "untrusted for": ("PagewarmResidencyUntrusted", "for", "1m"),
-    "expected scheduler": (
+    "scheduler once per node": (
+        "node_device_scheduler:pagewarm_io_scheduler_info:max",
+        "expr",
+        (
+            "max by (cluster, node, device, scheduler) (pagewarm_io_scheduler_info)",
+            "pagewarm_io_scheduler_info",
+        ),
+    ),
+    "scheduler change without history": (
+        "PagewarmSchedulerChanged",
+        "expr",
+        ("and on (cluster, node, device)", "or on (cluster, node, device)"),
+    ),
+    "scheduler change window": ("PagewarmSchedulerChanged", "expr", ("[1h] offset 1h", "[1h]")),
+    "scheduler for": ("PagewarmSchedulerChanged", "for", "0m"),
+    "expected schedulers opt-in": (
+        "PagewarmSchedulerUnexpected",
+        "expr",
+        ("and on () count(pagewarm:io_scheduler_expected:info) > 0", ""),
+    ),
+    "expected scheduler shipped": (
         "pagewarm:io_scheduler_expected:info",
         "expr",
-        ('"none"', '"mq-deadline"'),
+        ("vector(1) unless vector(1)", 'label_replace(vector(1), "scheduler", "none", "", "")'),
     ),
-    "scheduler for": ("PagewarmSchedulerChanged", "for", "1m"),
-    "exporter absent": ("PagewarmExporterDown", "expr", ('or absent(up{job=~".*pagewarm.*"})', "")),
+    "exporter not scraped": (
+        "PagewarmExporterDown",
+        "expr",
+        ("unless on (cluster, namespace)", "and on (cluster, namespace)"),
+    ),
+    "exporter absent() at zero": (
+        "PagewarmExporterDown",
+        "expr",
+        (
+            'kube_pod_container_status_running{container=~"pagewarm|pagewarm-exporter"} == 1',
+            'absent(up{job=~".*pagewarm.*"})',
+        ),
+    ),
     "exporter for": ("PagewarmExporterDown", "for", "0m"),
     "recorded quantile": (
-        "model_mode:pagewarm_load_duration_seconds:p90_7d",
+        "namespace_model_mode:pagewarm_load_duration_seconds:p90_7d",
         "expr",
         ("histogram_quantile(0.9,", "histogram_quantile(0.95,"),
     ),
@@ -114,12 +169,18 @@ MUTATIONS: dict[str, Mutation] = {
 # Where each rule's unit tests are.
 TEST_OF = {
     "PagewarmColdLoadRegression": "cold_load_regression.yml",
-    "model_mode:pagewarm_load_duration_seconds:p90_7d": "cold_load_regression.yml",
+    "namespace_model_mode:pagewarm_load_duration_seconds:p90_7d": "cold_load_regression.yml",
+    "namespace_model_mode_le:pagewarm_load_duration_seconds_bucket:increase1h": (
+        "cold_load_regression.yml"
+    ),
     "PagewarmPrewarmFailing": "prewarm_failing.yml",
+    "node_model:pagewarm_model_resident_ratio:max": "residency.yml",
     "PagewarmResidencyDropped": "residency.yml",
     "PagewarmResidencyUntrusted": "residency.yml",
+    "node_device_scheduler:pagewarm_io_scheduler_info:max": "scheduler_changed.yml",
     "pagewarm:io_scheduler_expected:info": "scheduler_changed.yml",
     "PagewarmSchedulerChanged": "scheduler_changed.yml",
+    "PagewarmSchedulerUnexpected": "scheduler_changed.yml",
     "PagewarmExporterDown": "exporter_down.yml",
 }
 
@@ -178,6 +239,7 @@ def test_every_alert_has_severity_summary_description_and_runbook() -> None:
         "PagewarmResidencyDropped",
         "PagewarmResidencyUntrusted",
         "PagewarmSchedulerChanged",
+        "PagewarmSchedulerUnexpected",
         "PagewarmExporterDown",
     }
     readme = (RUNBOOKS / "README.md").read_text()
@@ -234,19 +296,57 @@ def test_recording_rules_follow_the_naming_convention() -> None:
         assert RECORDING_NAME.fullmatch(name), name
 
 
-def test_the_expected_scheduler_is_set_in_exactly_one_place() -> None:
-    """The chart overrides the expected scheduler by replacing this one expression: it must
-    be unique, and evaluated before the alert that reads it (same group, earlier)."""
+def test_the_expected_schedulers_are_one_opt_in_expression() -> None:
+    """The chart sets the expected schedulers by replacing this one recording's expression;
+    as shipped it records nothing (the check is opt-in), and it is evaluated before the
+    alert that reads it (same group, earlier)."""
     document = yaml.safe_load(RULES.read_text())
-    group = [g for g in document["groups"] if g["name"] == "pagewarm.scheduler"]
-    assert len(group) == 1
-    first, second = group[0]["rules"]
-    assert first == {
+    (group,) = [g for g in document["groups"] if g["name"] == "pagewarm.scheduler"]
+    names = [r.get("record") or r.get("alert") for r in group["rules"]]
+    expected = names.index("pagewarm:io_scheduler_expected:info")
+    assert names.index("PagewarmSchedulerUnexpected") > expected
+    assert group["rules"][expected] == {
         "record": "pagewarm:io_scheduler_expected:info",
-        "expr": 'label_replace(vector(1), "scheduler", "none", "", "")',
+        "expr": "vector(1) unless vector(1)",
     }
-    assert second["alert"] == "PagewarmSchedulerChanged"
-    assert RULES.read_text().count('label_replace(vector(1), "scheduler", "none", "", "")') == 1
+    assert RULES.read_text().count("record: pagewarm:io_scheduler_expected:info\n") == 1
+
+
+def test_the_cold_load_fleet_test_is_the_generated_one() -> None:
+    """alerts/tests/cold_load_regression.yml is written by tests/monitoring/fleet.py."""
+    assert fleet.OUTPUT.read_text() == fleet.render(), (
+        "run: .venv/bin/python -m tests.monitoring.fleet"
+    )
+
+
+# Series that the exporters, Prometheus or kube-state-metrics write: one per pod (or per
+# container, per target), so they churn with pods.
+def _per_pod(name: str) -> bool:
+    return ":" not in name
+
+
+def test_rules_read_per_pod_series_an_hour_back_at_most() -> None:
+    """What a rule touches follows the pods alive in the last hour, never a week of churn:
+    a per-pod series is read over at most 1 h (its offset included), and a recording read
+    over a longer window is aggregated away from pods and targets."""
+    document = yaml.safe_load(RULES.read_text())
+    records = {
+        r["record"]: r["expr"] for g in document["groups"] for r in g["rules"] if "record" in r
+    }
+    for name, expr in rule_cost.rules():
+        for selector in rule_cost.selectors(expr):
+            metric = selector.text.split("{")[0]
+            reach = rule_cost.hours_of(selector.window) + rule_cost.hours_of(selector.offset)
+            if _per_pod(metric):
+                assert reach <= 1.1, f"{name} reads {metric} {reach} h back"
+            elif reach > 1.1:
+                chain = [metric]
+                while chain[-1] in records and not re.search(r"\bby \(", records[chain[-1]]):
+                    chain += [s.text.split("{")[0] for s in rule_cost.selectors(records[chain[-1]])]
+                aggregated = [records[m] for m in chain if m in records]
+                assert any(re.search(r"\bby \(", e) for e in aggregated), (name, chain)
+                for by in re.findall(r"\bby \(([^)]*)\)", " ".join(aggregated)):
+                    assert not {"pod", "instance"} & {b.strip() for b in by.split(",")}, (name, by)
 
 
 def test_alerts_read_recorded_series_of_their_own_group_only() -> None:

@@ -3,7 +3,11 @@ The containers and volumes of the pod. The Deployment, the DaemonSet and the sni
 (vllm.enabled false) all render pagewarm's containers from here, so they cannot drift apart.
 */}}
 
-{{/* Hardened securityContext; call with (dict "root" $ "ipcLock" bool) */}}
+{{/*
+Hardened securityContext, with pagewarm.securityContext merged over it (what the user sets
+wins); call with (dict "root" $ "ipcLock" bool). A null runAsUser/runAsGroup is left out
+(platforms such as OpenShift's restricted SCC assign one).
+*/}}
 {{- define "pagewarm.securityContext" -}}
 {{- $values := .root.Values.pagewarm }}
 {{- $add := list }}
@@ -12,22 +16,25 @@ The containers and volumes of the pod. The Deployment, the DaemonSet and the sni
 {{- end }}
 {{- if .ipcLock }}
 {{- $add = append $add "IPC_LOCK" }}
-{{- end -}}
-runAsNonRoot: {{ $values.runAsNonRoot }}
-runAsUser: {{ $values.runAsUser | int64 }}
-runAsGroup: {{ $values.runAsGroup | int64 }}
-readOnlyRootFilesystem: true
-allowPrivilegeEscalation: false
-privileged: false
-seccompProfile:
-  type: RuntimeDefault
-capabilities:
-  drop:
-    - ALL
-  {{- with $add }}
-  add:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
+{{- end }}
+{{- $capabilities := dict "drop" (list "ALL") }}
+{{- with $add }}
+{{- $_ := set $capabilities "add" . }}
+{{- end }}
+{{- $context := dict
+  "runAsNonRoot" $values.runAsNonRoot
+  "readOnlyRootFilesystem" true
+  "allowPrivilegeEscalation" false
+  "privileged" false
+  "seccompProfile" (dict "type" "RuntimeDefault")
+  "capabilities" $capabilities }}
+{{- if not (kindIs "invalid" $values.runAsUser) }}
+{{- $_ := set $context "runAsUser" ($values.runAsUser | int64) }}
+{{- end }}
+{{- if not (kindIs "invalid" $values.runAsGroup) }}
+{{- $_ := set $context "runAsGroup" ($values.runAsGroup | int64) }}
+{{- end }}
+{{- toYaml (mergeOverwrite $context (deepCopy (default dict $values.securityContext))) }}
 {{- end }}
 
 {{- define "pagewarm.env" -}}
@@ -41,6 +48,16 @@ capabilities:
   value: {{ .Values.pagewarm.residencyMethod | quote }}
 - name: PYTHONDONTWRITEBYTECODE
   value: "1"
+# The node this pod runs on, for pagewarm's own use (the node agent); Prometheus labels the
+# series with `node` from the scrape target, never from the exporter.
+- name: PAGEWARM_NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+{{- if not (kindIs "invalid" .Values.pagewarm.perFileSeries) }}
+- name: PAGEWARM_PER_FILE_SERIES
+  value: {{ ternary "true" "false" .Values.pagewarm.perFileSeries | quote }}
+{{- end }}
 {{- with .Values.pagewarm.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -99,7 +116,7 @@ httpGet:
   restartPolicy: Always
   args:
     - sidecar
-    - {{ .Values.model.path | quote }}
+    - {{ include "pagewarm.warmPath" . | quote }}
     - --gate
     - {{ .Values.sidecar.gate | quote }}
     - --gate-timeout
@@ -110,10 +127,8 @@ httpGet:
     - {{ include "pagewarm.loadTimeoutSeconds" . | quote }}
     - --port
     - {{ .Values.pagewarm.port | int | quote }}
-    {{- with .Values.model.name }}
     - --model-name
-    - {{ . | quote }}
-    {{- end }}
+    - {{ include "pagewarm.modelName" . | quote }}
     {{- if .Values.sidecar.keepWarm }}
     - --keep-warm
     {{- end }}
@@ -165,11 +180,9 @@ httpGet:
   imagePullPolicy: {{ .Values.image.pullPolicy }}
   args:
     - init
-    - {{ .Values.model.path | quote }}
-    {{- with .Values.model.name }}
+    - {{ include "pagewarm.warmPath" . | quote }}
     - --model-name
-    - {{ . | quote }}
-    {{- end }}
+    - {{ include "pagewarm.modelName" . | quote }}
     {{- include "pagewarm.prewarmArgs" . | nindent 4 }}
     {{- with .Values.pagewarm.extraArgs }}
     {{- toYaml . | nindent 4 }}
@@ -193,13 +206,11 @@ httpGet:
   args:
     - exporter
     - --model-path
-    - {{ .Values.model.path | quote }}
+    - {{ include "pagewarm.warmPath" . | quote }}
     - --port
     - {{ .Values.pagewarm.port | int | quote }}
-    {{- with .Values.model.name }}
     - --model-name
-    - {{ . | quote }}
-    {{- end }}
+    - {{ include "pagewarm.modelName" . | quote }}
     {{- with .Values.pagewarm.extraArgs }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -263,6 +274,18 @@ httpGet:
     {{- end }}
 {{- end }}
 
+{{/*
+mode node: the DaemonSet's volumes. One list, built here, so that what node mode grows (the
+node agent's config volume, the hostPath it writes Node Feature Discovery's feature files
+to) is one more entry here and one more mount in container.nodeExporter.
+*/}}
+{{- define "pagewarm.nodeVolumes" -}}
+{{- $volumes := list
+  (dict "name" "node-models" "hostPath" (dict "path" .Values.node.hostPath "type" .Values.node.hostPathType))
+  (merge (dict "name" "pagewarm-state") (deepCopy .Values.pagewarm.stateVolume)) }}
+{{- toYaml $volumes }}
+{{- end }}
+
 {{/* pagewarm's init containers (sidecar or init mode), in the order the kubelet runs them */}}
 {{- define "pagewarm.initContainers" -}}
 {{- if eq .Values.mode "sidecar" -}}
@@ -303,11 +326,23 @@ httpGet:
   command:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+  {{- $hfRepo := include "pagewarm.hfRepoId" . }}
   args:
     {{- if .Values.vllm.args }}
     {{- toYaml .Values.vllm.args | nindent 4 }}
     {{- else }}
+    {{- if $hfRepo }}
+    # A Hugging Face cache entry: vLLM resolves org/name to a snapshot in HF_HUB_CACHE.
+    - {{ $hfRepo | quote }}
+    {{- with .Values.model.revision }}
+    - --revision
+    - {{ . | quote }}
+    {{- end }}
+    {{- else }}
     - {{ .Values.model.path | quote }}
+    {{- end }}
+    - --served-model-name
+    - {{ include "pagewarm.modelName" . | quote }}
     - --host
     - 0.0.0.0
     - --port
@@ -316,14 +351,26 @@ httpGet:
     {{- toYaml . | nindent 4 }}
     {{- end }}
     {{- end }}
-  {{- if or .Values.vllm.env (include "vllm.logEnabled" .) }}
+  {{- $hfEnv := and $hfRepo (not .Values.vllm.args) }}
+  {{- if or .Values.vllm.env (include "vllm.logEnabled" .) $hfEnv }}
   env:
+    {{- if $hfEnv }}
+    - name: HF_HUB_CACHE
+      value: {{ dir (trimSuffix "/" .Values.model.path) | quote }}
+    # The weights are on a read-only volume: never try the Hub.
+    - name: HF_HUB_OFFLINE
+      value: "1"
+    {{- end }}
     {{- with .Values.vllm.env }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
     {{- if include "vllm.logEnabled" . }}
     {{- include "vllm.logEnv" . | nindent 4 }}
     {{- end }}
+  {{- end }}
+  {{- with .Values.vllm.envFrom }}
+  envFrom:
+    {{- toYaml . | nindent 4 }}
   {{- end }}
   ports:
     - name: http

@@ -37,9 +37,26 @@ and the rules' PagewarmExporterDown selects jobs that contain "pagewarm".
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The selector of the chart's own Deployment and DaemonSet (immutable once created). */}}
 {{- define "pagewarm.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "pagewarm.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+The labels every pod pagewarm runs in carries, the snippet's included: the metrics Service,
+the PodMonitor and the NetworkPolicy select pods on pagewarm.io/instance, never on
+app.kubernetes.io/*, which a host chart's own selector may use (a patch that changed them
+would no longer match that selector). The value is the full name: unique per release and
+per subchart alias. pagewarm.io/job is the job name the monitors' jobLabel reads.
+*/}}
+{{- define "pagewarm.podSelectorLabels" -}}
+pagewarm.io/instance: {{ include "pagewarm.fullname" . }}
+{{- end }}
+
+{{- define "pagewarm.podLabels" -}}
+{{ include "pagewarm.podSelectorLabels" . }}
+pagewarm.io/job: pagewarm
 {{- end }}
 
 {{/* The recommended app.kubernetes.io labels; call with (dict "root" $ "component" "...") */}}
@@ -66,31 +83,113 @@ app.kubernetes.io/component: {{ . }}
 {{- end }}
 {{- end }}
 
-{{/* repository:tag, repository:tag@digest or repository@digest; call with an image dict and a default tag */}}
+{{/*
+[registry/]repository:tag, ...:tag@digest or ...@digest; call with (dict "root" $ "image"
+an image dict "defaultTag" a tag). global.imageRegistry (a mirror) wins over image.registry.
+*/}}
 {{- define "pagewarm.imageRef" -}}
+{{- $global := default dict .root.Values.global }}
+{{- $registry := default .image.registry $global.imageRegistry }}
+{{- $repository := .image.repository }}
+{{- if $registry }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" $registry) $repository }}
+{{- end }}
 {{- $tag := default .defaultTag .image.tag }}
 {{- if .image.digest }}
 {{- if $tag }}
-{{- printf "%s:%s@%s" .image.repository $tag .image.digest }}
+{{- printf "%s:%s@%s" $repository $tag .image.digest }}
 {{- else }}
-{{- printf "%s@%s" .image.repository .image.digest }}
+{{- printf "%s@%s" $repository .image.digest }}
 {{- end }}
 {{- else }}
-{{- printf "%s:%s" .image.repository $tag }}
+{{- printf "%s:%s" $repository $tag }}
 {{- end }}
 {{- end }}
 
 {{- define "pagewarm.image" -}}
-{{- include "pagewarm.imageRef" (dict "image" .Values.image "defaultTag" .Chart.AppVersion) }}
+{{- include "pagewarm.imageRef" (dict "root" . "image" .Values.image "defaultTag" .Chart.AppVersion) }}
 {{- end }}
 
 {{- define "vllm.image" -}}
-{{- include "pagewarm.imageRef" (dict "image" .Values.vllm.image "defaultTag" "") }}
+{{- include "pagewarm.imageRef" (dict "root" . "image" .Values.vllm.image "defaultTag" "") }}
+{{- end }}
+
+{{/* imagePullSecrets of the pod: the chart's and the umbrella's (global). */}}
+{{- define "pagewarm.imagePullSecrets" -}}
+{{- $global := default dict .Values.global }}
+{{- $secrets := concat (default list .Values.imagePullSecrets) (default list $global.imagePullSecrets) | uniq }}
+{{- with $secrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 
 {{/* Whether this release pre-warms a model (sidecar and init modes). */}}
 {{- define "pagewarm.warms" -}}
 {{- if has .Values.mode (list "sidecar" "init") }}true{{ end }}
+{{- end }}
+
+{{/* Whether this release runs pagewarm somewhere (every mode but monitoring). */}}
+{{- define "pagewarm.runs" -}}
+{{- if ne .Values.mode "monitoring" }}true{{ end }}
+{{- end }}
+
+{{/*
+The fleet-wide objects: on by default only in mode monitoring (one release per cluster);
+an explicit true or false wins. Call with (dict "root" $ "enabled" <the value>).
+*/}}
+{{- define "pagewarm.fleetWide" -}}
+{{- if kindIs "invalid" .enabled }}
+{{- if eq .root.Values.mode "monitoring" }}true{{ end }}
+{{- else if .enabled }}true{{ end }}
+{{- end }}
+
+{{- define "pagewarm.rulesEnabled" -}}
+{{- include "pagewarm.fleetWide" (dict "root" . "enabled" .Values.monitoring.prometheusRule.enabled) }}
+{{- end }}
+
+{{- define "pagewarm.dashboardsEnabled" -}}
+{{- include "pagewarm.fleetWide" (dict "root" . "enabled" .Values.monitoring.dashboards.enabled) }}
+{{- end }}
+
+{{/* model.sizeBytes in bytes (it may be a quantity such as 16Gi). */}}
+{{- define "pagewarm.modelBytes" -}}
+{{- include "pagewarm.bytes" .Values.model.sizeBytes }}
+{{- end }}
+
+{{/*
+A Hugging Face cache entry (<cache>/models--org--name): its repository id ("org/name"),
+else nothing. vLLM is then given the id with HF_HUB_CACHE=<cache> and HF_HUB_OFFLINE=1, and
+Hugging Face's own resolver picks the snapshot (refs/main, or model.revision): the entry's
+directory itself has no config.json.
+*/}}
+{{- define "pagewarm.hfRepoId" -}}
+{{- $base := base (trimSuffix "/" .Values.model.path) }}
+{{- if and (hasPrefix "models--" $base) (gt (len $base) 8) }}
+{{- trimPrefix "models--" $base | replace "--" "/" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The model's name, the `model` label of the metrics and the name vLLM serves it under:
+model.name, else what pagewarm itself would derive (exporter/weightset.py
+model_name_for_path: org/name of a cache entry, else the last part of the path).
+*/}}
+{{- define "pagewarm.modelName" -}}
+{{- $entries := regexFindAll "(models|datasets)--[^/]+" .Values.model.path -1 }}
+{{- if .Values.model.name }}{{ .Values.model.name }}
+{{- else if $entries }}{{ regexReplaceAll "^(models|datasets)--" (last $entries) "" | replace "--" "/" }}
+{{- else }}{{ default "model" (base (trimSuffix "/" .Values.model.path) | trimSuffix ".safetensors") }}
+{{- end }}
+{{- end }}
+
+{{/* What pagewarm warms and watches: model.path, or the pinned snapshot of a cache entry. */}}
+{{- define "pagewarm.warmPath" -}}
+{{- if and (include "pagewarm.hfRepoId" .) .Values.model.revision }}
+{{- printf "%s/snapshots/%s" (trimSuffix "/" .Values.model.path) .Values.model.revision }}
+{{- else }}
+{{- .Values.model.path }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -149,7 +248,7 @@ and in init mode also what vLLM may use, because the init container's page cache
 charged to the pod after it exits.
 */}}
 {{- define "pagewarm.requiredMemory" -}}
-{{- $required := add (.Values.model.sizeBytes | int64) (.Values.prewarm.reserveBytes | int64) (.Values.memory.headroomBytes | int64) }}
+{{- $required := add (include "pagewarm.modelBytes" . | int64) (.Values.prewarm.reserveBytes | int64) (.Values.memory.headroomBytes | int64) }}
 {{- if and (eq .Values.mode "init") .Values.vllm.enabled }}
 {{- $main := include "pagewarm.mainContainersMemory" . }}
 {{- if ne $main "unlimited" }}
@@ -183,6 +282,30 @@ charged to the pod after it exits.
 {{- end }}
 {{- end }}
 
+{{/*
+Seconds a rollout may go without progress: the chart's own budgets, so that `kubectl rollout
+status` and Argo CD do not call a pod failed while it may still legitimately be starting
+(README "Rollouts"): 600 s for scheduling and image pulls (Kubernetes' own default for the
+whole rollout), the warm's allowance (the sidecar's startupProbe budget; an init container
+has no timeout: the same allowance, or the rate-limited read of the whole model if longer),
+vLLM's startupProbe budget, and the readiness probe's failures before the pod counts.
+*/}}
+{{- define "pagewarm.progressDeadlineSeconds" -}}
+{{- if not (kindIs "invalid" .Values.vllm.progressDeadlineSeconds) }}
+{{- .Values.vllm.progressDeadlineSeconds | int }}
+{{- else }}
+{{- $startup := .Values.sidecar.startupProbe }}
+{{- $warm := mul (include "pagewarm.startupFailureThreshold" . | int) ($startup.periodSeconds | int) }}
+{{- $rate := .Values.prewarm.rateLimitBytesPerSecond | int64 }}
+{{- if and (eq .Values.mode "init") (gt $rate 0) }}
+{{- $warm = max $warm (div (add (include "pagewarm.modelBytes" . | int64) $rate -1) $rate) }}
+{{- end }}
+{{- $vllm := mul (.Values.vllm.startupProbe.periodSeconds | int) (.Values.vllm.startupProbe.failureThreshold | int) }}
+{{- $ready := mul (.Values.vllm.readinessProbe.periodSeconds | int) (.Values.vllm.readinessProbe.failureThreshold | int) }}
+{{- add 600 $warm $vllm $ready }}
+{{- end }}
+{{- end }}
+
 {{/* The startupProbe gives up only after the sidecar's own gate timeout has opened the gate. */}}
 {{- define "pagewarm.startupFailureThreshold" -}}
 {{- $period := .Values.sidecar.startupProbe.periodSeconds | int }}
@@ -201,10 +324,7 @@ automountServiceAccountToken: {{ .Values.serviceAccount.automountServiceAccountT
 securityContext:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.imagePullSecrets }}
-imagePullSecrets:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
+{{- include "pagewarm.imagePullSecrets" . }}
 {{- with .Values.pod.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
@@ -226,6 +346,9 @@ priorityClassName: {{ . }}
 {{- end }}
 {{- with .Values.pod.runtimeClassName }}
 runtimeClassName: {{ . }}
+{{- end }}
+{{- with .Values.pod.schedulerName }}
+schedulerName: {{ . }}
 {{- end }}
 terminationGracePeriodSeconds: {{ .Values.pod.terminationGracePeriodSeconds | int }}
 {{- end }}

@@ -7,10 +7,12 @@ that the chart does not manage. Lists merge by name, so applying it twice change
 # A strategic-merge patch for your vLLM Deployment or StatefulSet. Apply it with
 #   kubectl patch deployment <your-vllm> --patch-file patch.yaml
 # or list it under `patches:` in a kustomization.yaml, or paste its parts by hand:
-#   - the labels under spec.template.metadata.labels (the metrics Service and the
-#     PodMonitor select them),
+#   - the labels under spec.template.metadata.labels (pagewarm.io/*: the metrics Service,
+#     the PodMonitor and the NetworkPolicy select them; your selector's labels are not
+#     touched),
 #   - the init containers at the END of spec.template.spec.initContainers (after any
-#     init container that fills the model volume),
+#     init container that fills the model volume; snippet.initContainersBefore names
+#     them for the patch),
 #   - the volumes under spec.template.spec.volumes.
 {{- if eq .Values.model.volume.type "existing" }}
 # The model volume "{{ .Values.model.volume.name }}" must exist in your pod already.
@@ -22,10 +24,20 @@ spec:
   template:
     metadata:
       labels:
-        {{- include "pagewarm.selectorLabels" . | nindent 8 }}
+        {{- include "pagewarm.podLabels" . | nindent 8 }}
     spec:
       {{- if .Values.pod.shareProcessNamespace }}
       shareProcessNamespace: true
+      {{- end }}
+      {{- with .Values.snippet.initContainersBefore }}
+      # A strategic merge puts new init containers first: this order keeps yours first.
+      $setElementOrder/initContainers:
+        {{- range . }}
+        - name: {{ . }}
+        {{- end }}
+        {{- range include "pagewarm.initContainers" $ | fromYamlArray }}
+        - name: {{ .name }}
+        {{- end }}
       {{- end }}
       initContainers:
         {{- include "pagewarm.initContainers" . | nindent 8 }}
