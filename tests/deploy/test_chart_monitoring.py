@@ -364,6 +364,8 @@ def test_monitors_follow_kube_prometheus_stack_conventions(kind: str, values: st
         assert service["metadata"]["labels"]["pagewarm.io/job"] == "pagewarm"
         assert spec["targetLabels"] == ["app.kubernetes.io/instance"]  # ci/monitoring-on
     defaults = chart.render([chart.values_file(values)]).one(kind)["spec"]
-    assert defaults["sampleLimit"] == chart.values_yaml()["monitoring"][key]["sampleLimit"]
+    # null in values.yaml: the mode's default (README "Series per node and sampleLimit").
+    assert chart.values_yaml()["monitoring"][key]["sampleLimit"] is None
+    assert defaults["sampleLimit"] == (20000 if values == "node" else 2000)
     default_monitor = chart.render([chart.values_file(values)]).one(kind)
     assert default_monitor["metadata"]["namespace"] == chart.NAMESPACE

@@ -2,8 +2,11 @@
 What the ServiceMonitor and the PodMonitor share; call with the monitor's values.
 */}}
 
-{{/* Spec fields of both kinds: the job's name, pod labels to keep, node metadata, the limit. */}}
+{{/* Spec fields of both kinds: the job's name, pod labels to keep, node metadata, the limit.
+Call with (dict "monitor" $monitor "mode" .Values.mode). */}}
 {{- define "pagewarm.monitorCommon" -}}
+{{- $mode := .mode }}
+{{- with .monitor }}
 {{- with .jobLabel }}
 jobLabel: {{ . }}
 {{- end }}
@@ -15,8 +18,15 @@ podTargetLabels:
 attachMetadata:
   node: true
 {{- end }}
-{{- if gt (.sampleLimit | int64) 0 }}
-sampleLimit: {{ .sampleLimit | int64 }}
+{{- $limit := .sampleLimit }}
+{{- if kindIs "invalid" $limit }}
+{{- /* README "Series per node and sampleLimit": 40 + 12 x models; a node's cache holds
+many models, a sidecar's or init container's exporter one. */}}
+{{- $limit = ternary 20000 2000 (eq $mode "node") }}
+{{- end }}
+{{- if gt ($limit | int64) 0 }}
+sampleLimit: {{ $limit | int64 }}
+{{- end }}
 {{- end }}
 {{- end }}
 
