@@ -28,7 +28,7 @@ from controller.memguard import MemoryGuard
 from controller.ratelimit import RateLimiter
 from controller.units import MiB
 from exporter.linux.files import NotRegularFileError, open_regular
-from exporter.linux.hypervisor import free_page_reporting
+from exporter.linux.hypervisor import VIRTIO_DEVICES, free_page_reporting
 from exporter.residency import ModelResidency, ResidencyProbe
 from exporter.weightset import WeightFile, WeightSet
 
@@ -50,13 +50,15 @@ class Strategy(StrEnum):
     READ = "read"
 
 
-def choose_strategy(strategy: Strategy) -> tuple[Strategy, str]:
+def choose_strategy(
+    strategy: Strategy, *, virtio_devices: Path = VIRTIO_DEVICES
+) -> tuple[Strategy, str]:
     """The strategy to run for a requested one, and why (auto decides per machine)."""
     if strategy is not Strategy.AUTO:
         return strategy, "requested"
     if not populate_supported():
         return Strategy.READ, "MADV_POPULATE_READ needs Linux 5.14+"
-    if free_page_reporting():
+    if free_page_reporting(virtio_devices):
         # Populated pages would be first touched by the loader, which then pays a host
         # fault per page; reading through the CPU takes those faults during the warm.
         return Strategy.READ, "VM guest with free page reporting (virtio balloon)"

@@ -15,18 +15,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from controller.linux.durable import fsync_directory, write_all
 from exporter.samples import Sample, read_all
-
-# Tests only: pause this many seconds after writing the first half of a line, so that a
-# test can SIGKILL the writer mid-append deterministically. Never set in production.
-TEST_PAUSE_MID_WRITE_ENV = "PAGEWARM_TEST_SAMPLESTORE_PAUSE_MID_WRITE"
-# Tests only: a file created once the first half is on disk (the moment to kill).
-TEST_MID_WRITE_MARKER_ENV = "PAGEWARM_TEST_SAMPLESTORE_MID_WRITE_MARKER"
 
 
 class SampleStore:
@@ -62,11 +55,7 @@ class SampleStore:
         if _ends_torn(fd):
             # A writer died mid-line: end its line so ours starts on a line of its own.
             line = b"\n" + line
-        pause = os.environ.get(TEST_PAUSE_MID_WRITE_ENV)
-        if pause:
-            _write_half_then_pause(fd, line, float(pause))
-        else:
-            write_all(fd, line)
+        write_all(fd, line)
         os.fsync(fd)
 
     def read(self) -> list[Sample]:
@@ -76,14 +65,3 @@ class SampleStore:
 def _ends_torn(fd: int) -> bool:
     size = os.fstat(fd).st_size
     return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
-
-
-def _write_half_then_pause(fd: int, line: bytes, seconds: float) -> None:
-    half = len(line) // 2
-    write_all(fd, line[:half])
-    os.fsync(fd)
-    marker = os.environ.get(TEST_MID_WRITE_MARKER_ENV)
-    if marker:
-        Path(marker).touch()
-    time.sleep(seconds)
-    write_all(fd, line[half:])

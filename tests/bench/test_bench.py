@@ -113,25 +113,29 @@ def test_bench_end_to_end_on_a_small_model(small_model: Path, tmp_path: Path) ->
     for strategy in ("populate", "read"):
         assert by_mode[(Mode.PREWARM_COLD, strategy, 2)] == 2
         assert by_mode[(Mode.PREWARM_WARM, strategy, 2)] == 2
+    # Residency with a margin: these VMs' DAMON pageout takes a few pages of a model that
+    # was just read (and a warm pre-warm then reads those few back).
     for s in loads:
-        assert s.resident_ratio_after == 1.0  # the loader read everything
+        assert s.resident_ratio_after is not None and s.resident_ratio_after >= 0.95
         assert s.model == "small" and s.loader == "safetensors" and s.source == "bench"
         assert s.fstype and s.host and s.model_bytes
+        assert s.resident_ratio_before is not None
         if s.mode is Mode.COLD:
-            assert s.resident_ratio_before == 0.0
+            assert s.resident_ratio_before <= 0.05
         else:
-            assert s.resident_ratio_before == 1.0
+            assert s.resident_ratio_before >= 0.95
         if s.mode in (Mode.PREWARM_COLD, Mode.PREWARM_WARM):
             pre = prewarms[s.prewarm_id or ""]
             assert pre.timestamp < s.timestamp
             assert s.prewarm_seconds == pre.seconds
             assert (pre.strategy, pre.threads) == (s.strategy, s.threads)
+            assert pre.resident_ratio_before is not None and pre.bytes_read is not None
             if s.mode is Mode.PREWARM_COLD:
-                assert pre.resident_ratio_before == 0.0
-                assert pre.bytes_read and pre.bytes_read > 0
+                assert pre.resident_ratio_before <= 0.05
+                assert pre.bytes_read >= 0.95 * s.model_bytes
             else:
-                assert pre.resident_ratio_before == 1.0
-                assert pre.bytes_read == 0
+                assert pre.resident_ratio_before >= 0.95
+                assert pre.bytes_read <= 0.05 * s.model_bytes
     # Samples are in the order the steps ran; the order printed matches the plan.
     assert [s.timestamp for s in samples] == sorted(s.timestamp for s in samples)
     assert "median load: cold" in result.stdout

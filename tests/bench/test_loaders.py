@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from safetensors import SafetensorError
 
 from controller.loaders import (
     LoaderError,
@@ -33,15 +34,18 @@ def _load_from_cold(loader_name: str, model: Path) -> None:
     ws = discover(model)
     probe = ResidencyProbe()
     evict_path(model)
-    assert probe.measure(ws).ratio == 0.0
+    before = probe.measure(ws).ratio
+    assert before is not None and before <= 0.05
     loader = get_loader(loader_name)
     loader.check()
     result = loader.load(ws)
     assert result.tensor_bytes == _tensor_bytes(model)
     assert result.tensors == sum(1 for _ in _tensor_names(model))
     assert result.metadata_bytes == sum(p.stat().st_size for p in model.glob("*.json"))
-    # Every page of every file was read: a lazy loader would leave most of them out.
-    assert probe.measure(ws).ratio == 1.0
+    # Every page of every file was read: a lazy loader would leave most of them out. Not
+    # exactly 1.0: these VMs' DAMON pageout reclaims a few fresh pages.
+    after = probe.measure(ws).ratio
+    assert after is not None and after >= 0.95
 
 
 def _tensor_names(model: Path) -> list[str]:
@@ -84,7 +88,7 @@ def test_a_truncated_shard_fails_the_load(small_model: Path, tmp_path: Path) -> 
     shard = sorted(small_model.glob("*.safetensors"))[0]
     data = shard.read_bytes()
     (broken / shard.name).write_bytes(data[: len(data) // 2])
-    with pytest.raises(Exception, match=r"(?i)incomplete|invalid|length|size|metadata"):
+    with pytest.raises(SafetensorError, match="incomplete metadata, file not fully covered"):
         get_loader("safetensors").load(discover(broken))
 
 
@@ -102,7 +106,8 @@ def test_torch_device_loader_keeps_tensors_until_the_load_ends(small_model: Path
     result = TorchDeviceLoader("cpu").load(ws)
     assert result.device == "cpu"
     assert result.tensor_bytes == _tensor_bytes(small_model)
-    assert ResidencyProbe().measure(ws).ratio == 1.0
+    ratio = ResidencyProbe().measure(ws).ratio
+    assert ratio is not None and ratio >= 0.95
 
 
 @needs_torch

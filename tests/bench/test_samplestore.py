@@ -4,18 +4,14 @@ mid-append."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from controller.samplestore import (
-    TEST_MID_WRITE_MARKER_ENV,
-    TEST_PAUSE_MID_WRITE_ENV,
-    SampleStore,
-)
+from controller.samplestore import SampleStore
 from exporter.samples import Mode, Sample, SampleReader, read_all
 from tests.support import REPO
 
@@ -35,11 +31,12 @@ for n in range(count):
 """
 
 
-def _writer(store: Path, name: str, count: int, pad: int, **env: str) -> subprocess.Popen[str]:
+def _writer(
+    store: Path, name: str, count: int, pad: int, wrapper: Sequence[str] = ()
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(store), name, str(count), str(pad)],
+        [*wrapper, sys.executable, "-c", WRITER, str(store), name, str(count), str(pad)],
         cwd=REPO,
-        env={**os.environ, **env},
         text=True,
     )
 
@@ -67,13 +64,9 @@ def test_a_writer_killed_mid_append_loses_only_its_own_sample(tmp_path: Path) ->
     earlier = [Sample(model="m", seconds=float(n), mode=Mode.WARM) for n in range(3)]
     store.append_many(earlier)
     marker = tmp_path / "half-written"
-    victim = _writer(
-        store_path,
-        "victim",
-        1,
-        50_000,
-        **{TEST_PAUSE_MID_WRITE_ENV: "60", TEST_MID_WRITE_MARKER_ENV: str(marker)},
-    )
+    # Its writes to the store stop for a minute half-way (tests/pause_mid_write.py).
+    pause = [sys.executable, "-m", "tests.pause_mid_write", str(store_path), str(marker), "60"]
+    victim = _writer(store_path, "victim", 1, 50_000, wrapper=[*pause, "--"])
     deadline = time.monotonic() + 60
     while not marker.exists():
         assert victim.poll() is None, "the writer ended before the test could kill it"

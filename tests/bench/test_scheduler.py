@@ -1,41 +1,68 @@
-"""The I/O scheduler experiment against a scheduler file the test controls (a fake sysfs
-tree for the model's real device number): switching, restoring at the end, on SIGTERM,
-and after a SIGKILL through the journal; and the refusal without permission."""
+"""The I/O scheduler experiment against a real kernel scheduler file: the sysfs queue of a
+loop device the test attaches, placed in a fake sysfs tree under the model's real device
+number. The kernel lists every scheduler with the active one in brackets, selects one by
+name and refuses an unknown name with EINVAL, so a switch and a restore are what they are
+on the model's disk. Switching, restoring at the end, on SIGTERM and after a SIGKILL
+through the journal; and the refusal without permission."""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from exporter.linux.mountinfo import mount_for_path, read_mounts
 from exporter.samples import Mode, read_all
-from tests.support import NOBODY_UID, REPO, pagewarm, require_root
+from tests.support import NOBODY_UID, REPO, pagewarm, require_binary, require_root
 
-ORIGINAL = "none mq-deadline [kyber] bfq"
+ORIGINAL = "kyber"  # what the loop device's scheduler is set to before each test
 
 
-def _fake_sysfs(root: Path, model: Path) -> Path:
-    """sysfs with dev/block/M:m -> block/fakedisk for the mount that holds ``model``."""
+@pytest.fixture
+def loop_queue(tmp_path: Path) -> Iterator[Path]:
+    """The sysfs queue of a loop device over a small file of the test's own (nothing else
+    uses it), scheduler set to ORIGINAL; detached afterwards."""
+    require_root("attaching a loop device and switching its I/O scheduler")
+    losetup = require_binary("losetup")
+    backing = tmp_path / "loop.img"
+    with backing.open("wb") as handle:
+        handle.truncate(1 << 20)
+    attached = subprocess.run(
+        [losetup, "--find", "--show", str(backing)], capture_output=True, text=True, check=False
+    )
+    if attached.returncode != 0:
+        pytest.skip(f"no loop device to attach: {attached.stderr.strip()}")
+    device = attached.stdout.strip()
+    try:
+        queue = Path("/sys/block") / Path(device).name / "queue"
+        (queue / "scheduler").write_text(ORIGINAL)
+        yield queue
+    finally:
+        subprocess.run([losetup, "--detach", device], check=True)
+
+
+def _fake_sysfs(root: Path, model: Path, queue: Path) -> Path:
+    """sysfs with dev/block/M:m -> block/fakedisk for the mount that holds ``model``, whose
+    queue is the loop device's real one."""
     mount = mount_for_path(model, read_mounts())
     assert mount is not None
-    if mount.major == 0:
-        pytest.skip(f"{model} is on {mount.fstype}: no block device number to fake")
-    queue = root / "block" / "fakedisk" / "queue"
-    queue.mkdir(parents=True)
-    (queue / "scheduler").write_text(ORIGINAL + "\n")
-    (queue / "read_ahead_kb").write_text("128\n")
-    (queue / "rotational").write_text("0\n")
+    assert mount.major != 0, f"{model} is on {mount.fstype}: the fixture puts it on a disk"
+    disk = root / "block" / "fakedisk"
+    disk.mkdir(parents=True)
+    (disk / "queue").symlink_to(queue)
     devices = root / "dev" / "block"
     devices.mkdir(parents=True)
     (devices / f"{mount.major}:{mount.minor}").symlink_to("../../block/fakedisk")
-    return queue / "scheduler"
+    return disk / "queue" / "scheduler"
 
 
 def _env(tmp_path: Path, sysfs: Path) -> dict[str, str]:
@@ -47,15 +74,18 @@ def _env(tmp_path: Path, sysfs: Path) -> dict[str, str]:
 
 
 def _current(scheduler_file: Path) -> str:
+    """The active scheduler; every offered one is still listed (as sysfs shows them)."""
     names = scheduler_file.read_text().split()
-    bracketed = [n.strip("[]") for n in names if n.startswith("[")]
-    return bracketed[0] if bracketed else names[0]
+    [active] = [n[1:-1] for n in names if n.startswith("[") and n.endswith("]")]
+    assert {n.strip("[]") for n in names} >= {"none", "mq-deadline", "kyber"}, names
+    return active
 
 
 def test_switches_runs_cold_and_warm_under_each_and_restores(
-    small_model: Path, tmp_path: Path
+    small_model: Path, tmp_path: Path, loop_queue: Path
 ) -> None:
-    scheduler_file = _fake_sysfs(tmp_path / "sys", small_model)
+    scheduler_file = _fake_sysfs(tmp_path / "sys", small_model, loop_queue)
+    listing = scheduler_file.read_text()
     env = _env(tmp_path, tmp_path / "sys")
     result = pagewarm(
         "bench",
@@ -77,7 +107,7 @@ def test_switches_runs_cold_and_warm_under_each_and_restores(
     assert all(s.device == "fakedisk" for s in samples)
     assert all(s.mode_verified for s in samples)
     assert "scheduler experiment on fakedisk" in (samples[0].scheduler_note or "")
-    assert _current(scheduler_file) == "kyber"  # restored
+    assert scheduler_file.read_text() == listing  # restored, every scheduler still listed
     assert not (tmp_path / "journal.json").exists()
     show = pagewarm("scheduler", "show", small_model, env=env)
     assert "fakedisk: kyber" in show.stdout
@@ -85,14 +115,15 @@ def test_switches_runs_cold_and_warm_under_each_and_restores(
 
 
 def test_unknown_scheduler_is_refused_before_anything_changes(
-    small_model: Path, tmp_path: Path
+    small_model: Path, tmp_path: Path, loop_queue: Path
 ) -> None:
-    scheduler_file = _fake_sysfs(tmp_path / "sys", small_model)
+    scheduler_file = _fake_sysfs(tmp_path / "sys", small_model, loop_queue)
+    listing = scheduler_file.read_text()
     env = _env(tmp_path, tmp_path / "sys")
     result = pagewarm("bench", small_model, "--schedulers", "none,cfq", env=env)
     assert result.returncode == 2
     assert "cfq not offered" in result.stderr
-    assert scheduler_file.read_text().strip() == ORIGINAL
+    assert scheduler_file.read_text() == listing
     assert not (tmp_path / "samples.jsonl").exists()
 
 
@@ -100,7 +131,8 @@ def test_unknown_scheduler_is_refused_before_anything_changes(
 HANG = """
 import os, sys, time
 from pathlib import Path
-Path(sys.argv[2]).write_text(Path(sys.argv[1]).read_text().strip() + "\\n" + str(os.getpid()))
+active = [n[1:-1] for n in Path(sys.argv[1]).read_text().split() if n.startswith("[")]
+Path(sys.argv[2]).write_text(active[0] + "\\n" + str(os.getpid()))
 time.sleep(600)
 """
 
@@ -146,9 +178,10 @@ def _bench_until_loading(
 
 
 def test_sigkill_mid_experiment_is_repaired_from_the_journal(
-    small_model: Path, tmp_path: Path
+    small_model: Path, tmp_path: Path, loop_queue: Path
 ) -> None:
-    scheduler_file = _fake_sysfs(tmp_path / "sys", small_model)
+    scheduler_file = _fake_sysfs(tmp_path / "sys", small_model, loop_queue)
+    listing = scheduler_file.read_text()
     env = _env(tmp_path, tmp_path / "sys")
     bench, load_pid = _bench_until_loading(small_model, tmp_path, env, scheduler_file)
     bench.kill()  # SIGKILL: no handler, no finally
@@ -169,22 +202,23 @@ def test_sigkill_mid_experiment_is_repaired_from_the_journal(
     restored = pagewarm("scheduler", "restore", env=env)
     assert restored.returncode == 0, restored.stderr
     assert "fakedisk: restored to kyber" in restored.stdout
-    assert _current(scheduler_file) == "kyber"
+    assert scheduler_file.read_text() == listing
     assert not (tmp_path / "journal.json").exists()
     again = pagewarm("scheduler", "restore", env=env)
     assert (again.returncode, "nothing to restore" in again.stdout) == (0, True)
 
 
 def test_sigterm_mid_experiment_restores_and_stops_the_load(
-    small_model: Path, tmp_path: Path
+    small_model: Path, tmp_path: Path, loop_queue: Path
 ) -> None:
-    scheduler_file = _fake_sysfs(tmp_path / "sys", small_model)
+    scheduler_file = _fake_sysfs(tmp_path / "sys", small_model, loop_queue)
+    listing = scheduler_file.read_text()
     env = _env(tmp_path, tmp_path / "sys")
     bench, load_pid = _bench_until_loading(small_model, tmp_path, env, scheduler_file)
     bench.send_signal(signal.SIGTERM)
     _out, err = bench.communicate(timeout=60)
     assert bench.returncode == 128 + signal.SIGTERM, err
-    assert _current(scheduler_file) == "kyber"
+    assert scheduler_file.read_text() == listing
     assert not (tmp_path / "journal.json").exists()
     assert "I/O scheduler restored" in err
     with pytest.raises(ProcessLookupError):
@@ -192,12 +226,13 @@ def test_sigterm_mid_experiment_restores_and_stops_the_load(
 
 
 def test_without_permission_it_runs_under_the_current_scheduler_and_says_so(
-    small_model: Path, shared_tmp: Path
+    small_model: Path, shared_tmp: Path, loop_queue: Path
 ) -> None:
     require_root("runs the bench as user nobody against a root-owned scheduler file")
     model = shared_tmp / "model"
     shutil.copytree(small_model, model)
-    scheduler_file = _fake_sysfs(shared_tmp / "sys", model)
+    scheduler_file = _fake_sysfs(shared_tmp / "sys", model, loop_queue)
+    listing = scheduler_file.read_text()
     state = shared_tmp / "state"
     state.mkdir()
     os.chown(state, NOBODY_UID, NOBODY_UID)
@@ -220,9 +255,30 @@ def test_without_permission_it_runs_under_the_current_scheduler_and_says_so(
     assert "would have tested none, mq-deadline" in result.stdout
     samples = read_all(state / "samples.jsonl")
     assert len(samples) == 2
-    assert {s.scheduler for s in samples} == {"kyber"}
+    assert {s.scheduler for s in samples} == {ORIGINAL}
     assert all("not writable" in (s.scheduler_note or "") for s in samples)
     # As nobody, residency of root's files cannot be trusted: unverified, never faked.
     assert all(s.mode_verified is None and s.resident_ratio_before is None for s in samples)
     assert {s.mode for s in samples} == {Mode.COLD, Mode.WARM}
-    assert scheduler_file.read_text().strip() == ORIGINAL
+    assert scheduler_file.read_text() == listing
+
+
+def test_a_name_the_kernel_refuses_is_not_restored_and_the_journal_stays(
+    small_model: Path, tmp_path: Path, loop_queue: Path
+) -> None:
+    scheduler_file = _fake_sysfs(tmp_path / "sys", small_model, loop_queue)
+    listing = scheduler_file.read_text()
+    with pytest.raises(OSError, match="Invalid argument") as refused:
+        scheduler_file.write_text("cfq")  # gone from the kernel since 5.0
+    assert refused.value.errno == errno.EINVAL
+    # A journal whose original the kernel no longer offers (written on another kernel):
+    journal = tmp_path / "journal.json"
+    entry = {"device": "fakedisk", "path": str(scheduler_file), "original": "cfq"}
+    journal.write_text(json.dumps({"pid": 1 << 22, "started": "then", "entries": [entry]}))
+    env = _env(tmp_path, tmp_path / "sys")
+    result = pagewarm("scheduler", "restore", env=env)
+    assert result.returncode == 1, result.stderr
+    assert "fakedisk: NOT restored to cfq" in result.stdout
+    assert "Invalid argument" in result.stdout
+    assert journal.exists()  # kept for another try
+    assert scheduler_file.read_text() == listing

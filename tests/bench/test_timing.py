@@ -34,6 +34,10 @@ http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
 """
 
 
+# A timeout that the processes of a test must outlast, not a measurement.
+TIMEOUT_SECONDS = 5.0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,12 +89,15 @@ def test_url_that_never_answers_200_times_out_and_the_command_is_stopped(
     tmp_path: Path,
 ) -> None:
     port = _free_port()
+    # Wide: the server must be up (answering 503) before the timeout, and on a loaded
+    # machine an interpreter's start alone can take a second or two.
     timing = time_url(
         f"http://127.0.0.1:{port}/health",
         _server(port, 3600, tmp_path / "stamp"),
-        timeout=1.0,
+        timeout=TIMEOUT_SECONDS,
     )
     assert timing.outcome is Outcome.TIMED_OUT
+    assert timing.seconds >= TIMEOUT_SECONDS
     assert "HTTP 503" in (timing.error or "")
 
 
@@ -120,8 +127,10 @@ def test_command_past_its_timeout_is_stopped_with_its_children(tmp_path: Path) -
         f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
         "time.sleep(3600)\n"
     )
-    timing = time_command([sys.executable, "-c", script], timeout=1.0)
+    # Wide: two interpreters start before the child's pid is written.
+    timing = time_command([sys.executable, "-c", script], timeout=TIMEOUT_SECONDS)
     assert timing.outcome is Outcome.TIMED_OUT
+    assert pid_file.exists(), f"the command did not start its child in {TIMEOUT_SECONDS} s"
     # The whole process group, not just the command: SIGKILLed, the child still needs a
     # moment to exit (a busy machine), so wait for it, with a generous deadline.
     wait_for(lambda: _gone(pid_file), 10, "the command's child to be killed")

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from controller.memguard import MemoryGuard
 from controller.prewarm import (
+    RATE_LIMITED_STEP_BYTES,
     READ_STEP_BYTES,
     PrewarmOptions,
     PrewarmProgress,
@@ -23,10 +23,10 @@ from controller.prewarm import (
     prewarm,
 )
 from exporter.linux.blockdev import storage_for_path
-from exporter.linux.memcg import find_memory_cgroup
 from exporter.residency import ResidencyProbe
 from exporter.weightset import discover
-from tests.support import REPO, evict_path, require_root, write_random
+from tests.memcg import MemoryCgroup, memory_cgroup
+from tests.support import REPO, evict_path, write_random
 
 MiB = 1 << 20
 
@@ -50,7 +50,8 @@ def test_each_strategy_warms_the_whole_model(small_model: Path, strategy: Strate
     assert result.strategy is strategy
     assert not result.partial
     assert result.file_errors == ()
-    assert result.after.ratio == 1.0
+    # Not exactly 1.0: these VMs' DAMON pageout reclaims a few fresh pages.
+    assert result.after.ratio is not None and result.after.ratio >= 0.95
     assert result.read_bytes >= 0.99 * result.size_bytes
     assert result.resident_before_bytes is not None
 
@@ -61,26 +62,35 @@ def test_only_missing_ranges_are_read(tmp_path: Path) -> None:
     with first.open("rb") as handle:
         handle.read()
     result = prewarm(discover(model), PrewarmOptions(chunk_bytes=4 * MiB))
-    assert result.skipped_resident_bytes == 16 * MiB
-    assert result.read_bytes == 16 * MiB
+    # Every byte is either skipped (resident) or read. With a margin: DAMON may page out a
+    # few pages of the first file meanwhile, which are then read back.
+    assert result.skipped_resident_bytes + result.read_bytes == 32 * MiB
+    assert result.skipped_resident_bytes >= 0.95 * 16 * MiB
+    assert 16 * MiB <= result.read_bytes <= 1.05 * 16 * MiB
     again = prewarm(discover(model))
-    assert again.read_bytes == 0
-    assert again.skipped_resident_bytes == 32 * MiB
+    assert again.skipped_resident_bytes + again.read_bytes == 32 * MiB
+    assert again.read_bytes <= 0.05 * 32 * MiB
 
 
-def test_progress_reaches_the_total(small_model: Path) -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_progress_reaches_the_total(small_model: Path, threads: int) -> None:
     evict_path(small_model)
+    weight_set = discover(small_model)
     seen: list[int] = []
     progress = PrewarmProgress(planned_bytes=0)
     prewarm(
-        discover(small_model),
-        PrewarmOptions(threads=2),
+        weight_set,
+        PrewarmOptions(threads=threads),
         on_progress=lambda p: seen.append(p.done_bytes),
         progress=progress,
     )
-    assert seen == sorted(seen) or len(seen) > 1
-    assert progress.done_bytes == discover(small_model).total_bytes
-    assert progress.files_done == progress.files_total == len(discover(small_model).files)
+    # Reported step by step, not once at the end: at least one report per file.
+    assert len(seen) >= len(weight_set.files)
+    assert 0 < seen[0] < weight_set.total_bytes
+    assert max(seen) == progress.done_bytes == weight_set.total_bytes
+    if threads == 1:  # with more, two reports may be appended in the other order
+        assert seen == sorted(seen) and len(set(seen)) == len(seen)
+    assert progress.files_done == progress.files_total == len(weight_set.files)
     assert progress.fraction == 1.0
 
 
@@ -100,7 +110,7 @@ def test_budget_stops_the_warm_in_load_order(
     assert result.partial
     assert "memory budget reached" in (result.partial_reason or "")
     ratios = [f.ratio for f in result.after.files]
-    assert ratios[0] == 1.0
+    assert ratios[0] is not None and ratios[0] >= 0.95
     # The budget's last bytes went to the second shard (unless the read strategy's buffer
     # took them), and nothing past it: in load order.
     assert (ratios[1] > 0) is (buffers == 0)
@@ -112,20 +122,34 @@ def test_budget_stops_the_warm_in_load_order(
     assert result.after.cached_bytes <= 12 * MiB + window
 
 
-def test_cancel_stops_promptly(tmp_path: Path) -> None:
+def test_cancel_stops_each_thread_within_its_step(tmp_path: Path) -> None:
     import threading  # noqa: PLC0415
 
     model = _model(tmp_path, 2, 16 * MiB)
+    threads = 2
     cancel = threading.Event()
-    timer = threading.Timer(0.3, cancel.set)
-    timer.start()
+    done_at_cancel: list[int] = []
+
+    def cancel_after_4_mib(progress: PrewarmProgress) -> None:
+        if progress.done_bytes >= 4 * MiB and not cancel.is_set():
+            done_at_cancel.append(progress.done_bytes)
+            cancel.set()
+
+    progress = PrewarmProgress(planned_bytes=0)
+    # 4 MiB/s: the whole warm would take 8 s; each step is RATE_LIMITED_STEP_BYTES.
     result = prewarm(
         discover(model),
-        PrewarmOptions(rate_limit_bytes_per_second=4 * MiB, threads=2),
+        PrewarmOptions(rate_limit_bytes_per_second=4 * MiB, threads=threads),
         cancel=cancel,
+        on_progress=cancel_after_4_mib,
+        progress=progress,
     )
-    timer.cancel()
     assert result.partial_reason == "cancelled"
+    # After the cancel, each thread ends the step it is in (a thread waiting on the rate
+    # limit is let go at once, and takes that one step) and starts no other.
+    [at_cancel] = done_at_cancel
+    assert progress.done_bytes <= at_cancel + threads * RATE_LIMITED_STEP_BYTES
+    assert result.read_bytes <= at_cancel + threads * RATE_LIMITED_STEP_BYTES
     assert result.after.cached_bytes is not None
     assert result.after.cached_bytes < 32 * MiB
 
@@ -206,43 +230,73 @@ def test_a_file_changed_mid_warm_is_reported_and_the_rest_is_warmed(
     assert all(f.ratio is not None and f.ratio > 0.95 for f in later), later
 
 
-# A real memory cgroup (v1 here; v2 where the host delegates one) smaller than the model.
+# A real memory cgroup smaller than the model (v1 here; v2 where the machine has no v1
+# memory controller), and the same guard over fake trees of both versions.
 
 
 @pytest.fixture
-def small_memory_cgroup() -> Iterator[Path]:
-    require_root("creating a memory cgroup")
-    own = find_memory_cgroup()
-    if own is None or own.version != 1:
-        pytest.skip("needs a writable cgroup v1 memory hierarchy (this host's kind has one)")
-    child = own.path / f"pagewarm-test-{uuid.uuid4().hex[:8]}"
-    child.mkdir()
-    (child / "memory.limit_in_bytes").write_text(str(192 * MiB))
-    yield child
-    child.rmdir()
+def small_memory_cgroup() -> Iterator[MemoryCgroup]:
+    with memory_cgroup(192 * MiB) as cgroup:
+        yield cgroup
 
 
 def test_prewarm_inside_a_cgroup_smaller_than_the_model_stops_at_the_budget(
-    tmp_path: Path, small_memory_cgroup: Path
+    tmp_path: Path, small_memory_cgroup: MemoryCgroup
 ) -> None:
     model = _model(tmp_path, 4, 64 * MiB)
-    script = f'echo $$ > {small_memory_cgroup}/cgroup.procs && exec "$@"'
-    argv = ["sh", "-c", script, "sh", sys.executable, "-m", "controller.cli"]
-    argv += ["prewarm", str(model), "--reserve", "16MiB", "--json"]
+    argv = ["sh", "-c", small_memory_cgroup.join_command(), "sh", sys.executable]
+    argv += ["-m", "controller.cli", "prewarm", str(model), "--reserve", "16MiB", "--json"]
     result = subprocess.run(
         argv, capture_output=True, text=True, timeout=120, cwd=REPO, check=False
     )
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["partial"] is True
-    assert "memory cgroup v1 limit" in doc["partial_reason"]
+    assert small_memory_cgroup.limit_reason in doc["partial_reason"]
     assert doc["budget_bytes"] < 192 * MiB
     assert doc["read_bytes"] <= doc["budget_bytes"]
     # What was read stayed resident: the warm did not evict its own pages.
     assert doc["resident_after_bytes"] >= 0.9 * doc["read_bytes"]
-    oom = dict(
-        line.split()
-        for line in (small_memory_cgroup / "memory.oom_control").read_text().splitlines()
-    )
-    assert oom.get("oom_kill", "0") == "0"
+    assert small_memory_cgroup.oom_kills() == 0
     assert "pre-warm partial" in result.stderr
+
+
+def _fake_cgroup(root: Path, version: int, limit: int, usage: int) -> tuple[Path, Path]:
+    """/proc/self (cgroup, mountinfo) and a cgroup directory of either version, as a pod's
+    container sees them; the pod's limit is the tightest."""
+    proc_self = root / "proc" / "self"
+    proc_self.mkdir(parents=True)
+    mountpoint = root / "sys" / "fs" / "cgroup" / ("memory" if version == 1 else "")
+    if version == 1:
+        (proc_self / "cgroup").write_text("5:memory:/kubepods/pod1/ctr\n2:cpu:/kubepods\n")
+        line = f"35 31 0:32 / {mountpoint} rw,relatime - cgroup cgroup rw,memory\n"
+        unlimited, files = str((1 << 63) - 4096), ("memory.limit_in_bytes", "memory.usage_in_bytes")
+    else:
+        (proc_self / "cgroup").write_text("0::/kubepods/pod1/ctr\n")
+        line = f"30 1 0:26 / {mountpoint} rw,relatime - cgroup2 cgroup2 rw\n"
+        unlimited, files = "max", ("memory.max", "memory.current")
+    (proc_self / "mountinfo").write_text(line)
+    pod = mountpoint / "kubepods" / "pod1"
+    for level, level_limit in ((pod, str(limit)), (pod / "ctr", unlimited)):
+        level.mkdir(parents=True, exist_ok=True)
+        (level / files[0]).write_text(level_limit + "\n")
+        (level / files[1]).write_text(f"{usage}\n")
+    return proc_self, pod
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_the_guard_stops_the_warm_at_the_limit_of_either_cgroup_version(
+    tmp_path: Path, version: int
+) -> None:
+    proc_self, pod = _fake_cgroup(tmp_path / "cgroup", version, limit=48 * MiB, usage=16 * MiB)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 33554432 kB\nMemAvailable: 16777216 kB\n")  # 16 GiB free
+    guard = MemoryGuard(reserve_bytes=8 * MiB, meminfo=meminfo, proc_self=proc_self)
+    assert guard.budget_bytes == (48 - 16 - 8) * MiB
+    assert guard.start.limited_by == f"memory cgroup v{version} limit at {pod}"
+    model = _model(tmp_path / "model", 4, 8 * MiB)
+    options = PrewarmOptions(strategy=Strategy.POPULATE, threads=1, chunk_bytes=2 * MiB)
+    result = prewarm(discover(model), options, guard=guard)
+    assert result.partial
+    assert f"memory cgroup v{version} limit at {pod}" in (result.partial_reason or "")
+    assert result.read_bytes == 24 * MiB

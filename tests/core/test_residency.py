@@ -13,7 +13,7 @@ import pytest
 
 from exporter.linux import mincore
 from exporter.residency import FileResidency, Method, ModelResidency, ResidencyProbe
-from exporter.weightset import discover
+from exporter.weightset import WeightSet, discover
 from tests.support import NOBODY_UID, evict_path, pagewarm, require_root, write_random
 
 MiB = 1 << 20
@@ -44,10 +44,25 @@ def test_half_read_file_is_half_resident(tmp_path: Path, method: str) -> None:
     (f,) = residency.files
     assert f.method is Method(method)
     assert f.trusted
-    assert f.cached_bytes == 8 * MiB
-    assert f.buckets[:2] == (1.0, 1.0)
+    # What was read, with a margin (DAMON pageout takes a few fresh pages on these VMs);
+    # nothing of what was not (readahead is off).
+    assert f.cached_bytes is not None and 0.95 * 8 * MiB <= f.cached_bytes <= 8 * MiB
+    assert all(bucket >= 0.95 for bucket in f.buckets[:2]), f.buckets
     assert f.buckets[3] == 0.0
     assert residency.ratio == pytest.approx(f.cached_bytes / (16 * MiB))  # type: ignore[operator]
+
+
+def _measured_while_the_cache_holds_still(ws: WeightSet) -> tuple[ModelResidency, ...]:
+    """cachestat, mincore, cachestat: the three taken while the page cache did not change
+    (DAMON pageout may take pages at any moment on these VMs), so that the two methods saw
+    the same pages."""
+    for _ in range(20):
+        before = ResidencyProbe("cachestat").measure(ws)
+        by_mincore = ResidencyProbe("mincore").measure(ws)
+        after = ResidencyProbe("cachestat").measure(ws)
+        if [f.cached_bytes for f in before.files] == [f.cached_bytes for f in after.files]:
+            return before, by_mincore
+    raise AssertionError("the page cache changed during each of 20 measurements")
 
 
 def test_cachestat_and_mincore_agree_page_for_page(small_model: Path) -> None:
@@ -56,8 +71,7 @@ def test_cachestat_and_mincore_agree_page_for_page(small_model: Path) -> None:
     size = shard.stat().st_size
     _read_range(shard, size // 3, size // 3)
     ws = discover(small_model)
-    by_cachestat = ResidencyProbe("cachestat").measure(ws)
-    by_mincore = ResidencyProbe("mincore").measure(ws)
+    by_cachestat, by_mincore = _measured_while_the_cache_holds_still(ws)
     assert by_cachestat.cached_bytes == by_mincore.cached_bytes
     assert [f.cached_bytes for f in by_cachestat.files] == [
         f.cached_bytes for f in by_mincore.files
@@ -90,7 +104,8 @@ def test_a_models_totals_sum_each_column_and_an_unknown_makes_a_total_unknown(
     assert untrusted.evicted_bytes is None
     assert untrusted.unknown_reasons == ("x",)
     empty = ModelResidency(ws, ())
-    assert (empty.size_bytes, empty.cached_bytes, empty.ratio) == (0, 0, 1.0)
+    # 0 of 0 bytes is not "100% resident" (issue 12): unknown.
+    assert (empty.size_bytes, empty.cached_bytes, empty.ratio) == (0, 0, None)
 
 
 def test_mincore_windows_cover_files_larger_than_one_window(
@@ -180,4 +195,5 @@ def test_a_file_that_vanishes_is_unknown_with_the_reason(tmp_path: Path) -> None
     residency = ResidencyProbe().measure(ws)
     assert residency.cached_bytes is None
     assert residency.unknown_reasons == ("vanished",)
-    assert residency.files[0].cached_bytes == MiB
+    cached = residency.files[0].cached_bytes
+    assert cached is not None and cached >= 0.95 * MiB  # just written: resident

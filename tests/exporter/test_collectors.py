@@ -19,6 +19,7 @@ from exporter.collectors.devices import DevicesCollector
 from exporter.collectors.discovery import DiscoveryCollector
 from exporter.collectors.memory import MemoryCollector
 from exporter.collectors.residency import ResidencyCollector
+from exporter.linux.mountinfo import read_mounts
 from exporter.models import ModelScanner, ModelSources, ModelSpec
 from exporter.residency import ModelResidency, ResidencyProbe
 from exporter.settings import ExporterSettings
@@ -149,11 +150,18 @@ def test_models_sharing_a_name_get_unique_labels(tmp_path: Path) -> None:
     assert [m.name for m in scan.models] == ["llama", str(second)]
 
 
+def _writable_tmpfs() -> Path:
+    """/dev/shm, or where it is missing another writable tmpfs mount (/run, /tmp)."""
+    mounts = [m for m in read_mounts() if m.fstype == "tmpfs" and os.access(m.mountpoint, os.W_OK)]
+    mounts.sort(key=lambda m: m.mountpoint != "/dev/shm")
+    if not mounts:
+        pytest.skip("no writable tmpfs mount (not even /dev/shm) on this machine")
+    return Path(mounts[0].mountpoint)
+
+
 @pytest.fixture
 def shm_model() -> Iterator[Path]:
-    if not Path("/dev/shm").is_dir():
-        pytest.skip("no /dev/shm on this machine")
-    root = Path(tempfile.mkdtemp(prefix="pagewarm-test-", dir="/dev/shm"))
+    root = Path(tempfile.mkdtemp(prefix="pagewarm-test-", dir=_writable_tmpfs()))
     yield _model(root / "tiny")
     shutil.rmtree(root, ignore_errors=True)
 
@@ -161,12 +169,14 @@ def shm_model() -> Iterator[Path]:
 def test_a_model_on_tmpfs_has_a_filesystem_but_no_device(shm_model: Path, tmp_path: Path) -> None:
     metrics = _collect(build_collector_set([ModelSpec(shm_model, "shm")], _settings(tmp_path)))
     info = series(metrics, "pagewarm_model_device_info")
+    mountpoint = str(shm_model.parent.parent)
     assert [dict(k) for k in info] == [
-        {"model": "shm", "device": "", "fstype": "tmpfs", "mountpoint": "/dev/shm"}
+        {"model": "shm", "device": "", "fstype": "tmpfs", "mountpoint": mountpoint}
     ]
     assert series(metrics, "pagewarm_io_scheduler_info") == {}
-    # tmpfs pages live in the page cache by definition.
-    assert value(metrics, "pagewarm_model_resident_ratio", model="shm") == 1.0
+    # tmpfs pages live in the page cache (unless swapped out: not asserted as exactly 1.0).
+    ratio = value(metrics, "pagewarm_model_resident_ratio", model="shm")
+    assert ratio is not None and ratio >= 0.95
     assert value(metrics, "pagewarm_collector_success", collector="devices") == 1
 
 

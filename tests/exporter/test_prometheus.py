@@ -18,6 +18,10 @@ from tests.support import evict_path, pagewarm, require_binary
 
 pytestmark = pytest.mark.slow
 
+# Also the scrape timeout: wide enough that a scrape at load average 3+ is never cut off
+# (a cut-off scrape marks the series stale and the next query finds none).
+SCRAPE_INTERVAL = 2.0
+
 
 def _append(store: Path, *samples: Sample) -> None:
     with store.open("a") as handle:
@@ -69,7 +73,7 @@ def test_prometheus_sees_residency_follow_prewarm_and_eviction(
         running_exporter(
             "--model-path", small_model, "--model-name", "small", "--samples", store
         ) as exporter,
-        running_prometheus([exporter.target], scrape_interval=0.5) as prom,
+        running_prometheus([exporter.target], scrape_interval=SCRAPE_INTERVAL) as prom,
     ):
         prom.wait_for_targets_up()
         assert prom.wait_for_value(ratio, lambda v: v < 0.01) < 0.01
@@ -115,20 +119,21 @@ def test_prometheus_sees_residency_follow_prewarm_and_eviction(
 
 def test_scheduler_series_match_sysfs(small_model: Path) -> None:
     disks = _disks_of(small_model)
+    assert disks, f"{small_model} is on no block device (the fixture puts it on one)"
     with (
         running_exporter("--model-path", small_model, "--model-name", "small") as exporter,
-        running_prometheus([exporter.target], scrape_interval=0.5) as prom,
+        running_prometheus([exporter.target], scrape_interval=SCRAPE_INTERVAL) as prom,
     ):
         prom.wait_for_targets_up()
         devices = prom.query('pagewarm_model_device_info{model="small"}')
         schedulers = prom.query("pagewarm_io_scheduler_info")
-    assert {r["metric"].get("device", "") for r in devices} == (disks or {""})
+    assert {r["metric"].get("device", "") for r in devices} == disks
     expected = {(d, s) for d in disks if (s := _sysfs_scheduler(d)) is not None}
+    assert expected, f"no scheduler file for {disks}"
     assert {(r["metric"]["device"], r["metric"]["scheduler"]) for r in schedulers} == expected
     assert all(r["value"][1] == "1" for r in schedulers)
-    if disks:
-        mount_types = {r["metric"]["fstype"] for r in devices}
-        assert mount_types and "" not in mount_types
+    mount_types = {r["metric"]["fstype"] for r in devices}
+    assert mount_types and "" not in mount_types
 
 
 def test_promtool_accepts_a_real_scrape(small_model: Path, tmp_path: Path) -> None:

@@ -200,6 +200,23 @@ class FakeVllm:
             process.wait(30)
 
 
+# The sidecar times vLLM from its process's creation (10 ms clock ticks); the stand-in
+# logs from its first Python instruction, after the interpreter started, and the sidecar
+# sees the 200 at its next poll (100 ms). So the sample may exceed the stand-in's own
+# figure by the interpreter's start plus a poll, and undercut it by a tick at most. Wide
+# above: at load average 3+ an interpreter's start and the sidecar's next poll each take
+# a good part of a second (2-core VMs shared by several test runs).
+BELOW_TOLERANCE = 0.05
+ABOVE_TOLERANCE = 2.0
+
+
+def assert_matches_stand_in(sample: dict[str, Any], fake: FakeVllm, pid: int) -> None:
+    """The sample's load time is the stand-in's own, within the tolerances above."""
+    own = fake.time_to_ready(pid)
+    seconds = float(sample["seconds"])
+    assert own - BELOW_TOLERANCE <= seconds <= own + ABOVE_TOLERANCE, (seconds, own)
+
+
 def process_pattern(instance: str) -> str:
     """A --vllm-process-pattern that finds only this test's stand-in."""
     return rf"fake_vllm\.py .*--instance {instance}(\s|$)"

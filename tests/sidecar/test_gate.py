@@ -1,7 +1,9 @@
 """The gate policies, probed like a kubelet: full, ratio, none (overlap) and the timeout.
 
 The warm is slowed down with the pre-warm rate limit (PAGEWARM_PREWARM_RATE_LIMIT_BYTES) so
-that the gate's closed phase is long enough to be seen; no assertion is on speed."""
+that the gate's closed phase is long enough to be seen, by seconds: on a loaded machine
+the test's probes and the processes it starts may each be late by a second. No assertion
+is on speed."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def test_gate_full_answers_503_with_the_reason_until_the_weights_are_resident(
 ) -> None:
     evict_path(small_model)
     sidecar = processes.sidecar(
-        start_sidecar(small_model, tmp_path, "--gate", "full", env=slow(32 * MiB))
+        start_sidecar(small_model, tmp_path, "--gate", "full", env=slow(16 * MiB))
     )
     answers = sidecar.probe_startup()
     closed = [body for status, body in answers if status == 503]
@@ -54,7 +56,7 @@ def test_gate_ratio_opens_part_way_and_the_warm_goes_on(
 ) -> None:
     evict_path(small_model)
     sidecar = processes.sidecar(
-        start_sidecar(small_model, tmp_path, "--gate", "ratio:0.5", env=slow(16 * MiB))
+        start_sidecar(small_model, tmp_path, "--gate", "ratio:0.5", env=slow(8 * MiB))
     )
     status, body = sidecar.probe_startup()[-1]
     assert status == 200
@@ -74,9 +76,10 @@ def test_gate_none_opens_at_once_and_the_warm_overlaps_vllm(
 ) -> None:
     evict_path(small_model)
     instance, port = uuid.uuid4().hex[:10], free_port()
-    # Configured through the environment this time, as the chart may do.
+    # Configured through the environment this time, as the chart may do. The warm takes
+    # 32 s: vLLM (a few seconds) is ready long before it ends.
     env = {
-        **slow(16 * MiB),
+        **slow(2 * MiB),
         "PAGEWARM_GATE": "none",
         "PAGEWARM_VLLM_HEALTH_URL": f"http://127.0.0.1:{port}/health",
         "PAGEWARM_VLLM_PROCESS_PATTERN": process_pattern(instance),
@@ -93,11 +96,11 @@ def test_gate_none_opens_at_once_and_the_warm_overlaps_vllm(
     )
     [load] = sidecar.wait_samples("load", 1)
     assert load["outcome"] == "ok" and load["gate_policy"] == "none"
-    # The warm began from a cold cache and ran beside vLLM: prewarm_cold when it completed
-    # before vLLM answered, partial when vLLM had to read part of the weights itself.
+    # The warm began from a cold cache and ran beside vLLM, which answered before the warm
+    # was done (having read the rest of the weights itself): partial.
     assert load["prewarm_resident_ratio_before"] < 0.02
-    expected = "prewarm_cold" if load["prewarm_complete_before_ready"] else "partial"
-    assert load["mode"] == expected, load
+    assert load["prewarm_complete_before_ready"] is False
+    assert load["mode"] == "partial", load
     assert sidecar.terminate() == 0
 
 
@@ -113,12 +116,12 @@ def test_gate_timeout_opens_anyway_and_says_so(
             "--gate",
             "full",
             "--gate-timeout",
-            "1",
+            "5",
             "--vllm-url",
             f"http://127.0.0.1:{port}/health",
             "--vllm-process-pattern",
             process_pattern(instance),
-            env=slow(4 * MiB),  # 16 s for the model: far past the timeout
+            env=slow(2 * MiB),  # 32 s for the model: far past the timeout
         )
     )
     answers = sidecar.probe_startup()
@@ -126,7 +129,7 @@ def test_gate_timeout_opens_anyway_and_says_so(
     status, body = answers[-1]
     assert status == 200
     assert body["gate"]["timed_out"] is True
-    assert body["gate"]["reason"].startswith("gate timeout: 1 s passed")
+    assert body["gate"]["reason"].startswith("gate timeout: 5 s passed")
     assert "opened anyway" in body["gate"]["reason"]
     assert body["prewarm"]["phase"] == "warming"
     metrics = sidecar.metrics()

@@ -13,6 +13,7 @@ from controller.synth import synth
 from exporter.residency import ResidencyProbe
 from exporter.weightset import discover
 from tests.core.test_prewarm import small_memory_cgroup  # noqa: F401 - a fixture, used below
+from tests.memcg import MemoryCgroup
 from tests.sidecar.pod import read_jsonl, wait_for
 from tests.support import REPO, evict_path, pagewarm
 
@@ -37,14 +38,14 @@ def test_init_warms_and_records_a_prewarm_sample(small_model: Path, tmp_path: Pa
 
 def test_init_partial_because_of_the_memory_budget_is_success_with_a_warning(
     tmp_path: Path,
-    small_memory_cgroup: Path,  # noqa: F811 - the fixture imported above
+    small_memory_cgroup: MemoryCgroup,  # noqa: F811 - the fixture imported above
 ) -> None:
     model = tmp_path / "model"
     synth(model, 256 * MiB, shards=4)
     evict_path(model)
     samples = tmp_path / "samples.jsonl"
-    script = f'echo $$ > {small_memory_cgroup}/cgroup.procs && exec "$@"'
-    argv = ["sh", "-c", script, "sh", sys.executable, "-m", "controller.cli", "init", str(model)]
+    argv = ["sh", "-c", small_memory_cgroup.join_command(), "sh", sys.executable]
+    argv += ["-m", "controller.cli", "init", str(model)]
     argv += ["--reserve", "16MiB", "--samples", str(samples)]
     env = {**os.environ, "PAGEWARM_LOG_FORMAT": "json"}
     result = subprocess.run(
@@ -55,7 +56,7 @@ def test_init_partial_because_of_the_memory_budget_is_success_with_a_warning(
     assert "PARTIAL: memory budget reached" in result.stdout
     [sample] = read_jsonl(samples)
     assert sample["partial"] is True and sample["outcome"] == "ok"
-    assert "memory cgroup v1 limit" in sample["partial_reason"]
+    assert small_memory_cgroup.limit_reason in sample["partial_reason"]
 
 
 def test_init_without_a_writable_store_still_warms(small_model: Path, tmp_path: Path) -> None:

@@ -16,8 +16,11 @@ from exporter.residency import ResidencyProbe
 from exporter.weightset import discover
 from tests.sidecar.conftest import Processes
 from tests.sidecar.pod import (
+    ABOVE_TOLERANCE,
+    BELOW_TOLERANCE,
     FakeVllm,
     Sidecar,
+    assert_matches_stand_in,
     free_port,
     metric_value,
     process_pattern,
@@ -26,21 +29,16 @@ from tests.sidecar.pod import (
     start_sidecar,
     wait_for,
 )
-from tests.support import NOBODY_GID, NOBODY_UID, evict_path, require_binary, require_root
+from tests.support import (
+    NOBODY_GID,
+    NOBODY_UID,
+    evict_path,
+    held_in_memory,
+    require_binary,
+    require_root,
+)
 
-# The sidecar times vLLM from its process's creation (10 ms clock ticks); the stand-in
-# logs from its first Python instruction, after the interpreter started, and the sidecar
-# sees the 200 at its next poll (100 ms). So the sample may exceed the stand-in's own
-# figure by the interpreter's start plus a poll, and undercut it by a tick at most.
-BELOW_TOLERANCE = 0.05
-ABOVE_TOLERANCE = 0.75
 STARTUP_SECONDS = "0.4"
-
-
-def assert_matches_stand_in(sample: dict[str, object], fake: FakeVllm, pid: int) -> None:
-    own = fake.time_to_ready(pid)
-    seconds = float(sample["seconds"])  # type: ignore[arg-type]
-    assert own - BELOW_TOLERANCE <= seconds <= own + ABOVE_TOLERANCE, (seconds, own)
 
 
 def ratio(model: Path) -> float:
@@ -146,9 +144,11 @@ def test_without_prewarm_a_cold_then_a_warm_start(
     first_pid = fake.process.pid
     fake.process.terminate()
     fake.process.wait(30)
-    # vLLM restarts (a new container process): the weights are resident from its first load.
-    restart_fake_vllm(fake, small_model, "--startup-seconds", STARTUP_SECONDS)
-    _, warm = sidecar.wait_samples("load", 2)
+    # vLLM restarts (a new container process): the weights are resident from its first load
+    # (and held there: DAMON pageout would take them within seconds on these VMs).
+    with held_in_memory(small_model):
+        restart_fake_vllm(fake, small_model, "--startup-seconds", STARTUP_SECONDS)
+        _, warm = sidecar.wait_samples("load", 2)
     assert cold["mode"] == "cold" and cold["resident_ratio_before"] < 0.02, cold
     assert warm["mode"] == "warm" and warm["resident_ratio_before"] > 0.95, warm
     assert cold["prewarm_id"] is None and warm["prewarm_id"] is None
@@ -167,10 +167,11 @@ def test_prewarm_of_a_resident_model_is_prewarm_warm(
 ) -> None:
     prewarm(discover(small_model))
     instance, port = uuid.uuid4().hex[:10], free_port()
-    sidecar = pod_sidecar(small_model, tmp_path, processes, instance, port)
-    sidecar.probe_startup()
-    fake = pod_vllm(small_model, tmp_path, processes, instance, port)
-    [load] = sidecar.wait_samples("load", 1)
+    with held_in_memory(small_model):  # resident until vLLM has started, whatever DAMON does
+        sidecar = pod_sidecar(small_model, tmp_path, processes, instance, port)
+        sidecar.probe_startup()
+        fake = pod_vllm(small_model, tmp_path, processes, instance, port)
+        [load] = sidecar.wait_samples("load", 1)
     [warm] = sidecar.samples("prewarm")
     assert load["mode"] == "prewarm_warm", load
     assert warm["resident_ratio_before"] > 0.95
@@ -212,20 +213,22 @@ def test_a_restarted_sidecar_does_not_time_a_vllm_that_is_already_serving(
     fake = pod_vllm(small_model, tmp_path, processes, instance, port)
     first.wait_samples("load", 1)
     assert first.terminate() == 0
-    second = pod_sidecar(small_model, tmp_path / "second", processes, instance, port)
-    second.probe_startup()
-    wait_for(
-        lambda: any("already serving" in e.get("event", "") for e in second.logs()),
-        30,
-        "the new sidecar to notice vLLM",
-    )
-    assert second.samples("load") == []
-    assert second.status()["vllm"]["phase"] == "ready"
-    # vLLM's next start is timed.
-    fake.process.terminate()
-    fake.process.wait(30)
-    restart_fake_vllm(fake, small_model, "--startup-seconds", STARTUP_SECONDS)
-    [load] = second.wait_samples("load", 1)
+    # The weights stay resident from here on (DAMON pageout would take them on these VMs).
+    with held_in_memory(small_model):
+        second = pod_sidecar(small_model, tmp_path / "second", processes, instance, port)
+        second.probe_startup()
+        wait_for(
+            lambda: any("already serving" in e.get("event", "") for e in second.logs()),
+            30,
+            "the new sidecar to notice vLLM",
+        )
+        assert second.samples("load") == []
+        assert second.status()["vllm"]["phase"] == "ready"
+        # vLLM's next start is timed.
+        fake.process.terminate()
+        fake.process.wait(30)
+        restart_fake_vllm(fake, small_model, "--startup-seconds", STARTUP_SECONDS)
+        [load] = second.wait_samples("load", 1)
     assert load["vllm_pid"] == fake.process.pid and load["vllm_start"] == 1
     assert load["mode"] == "warm"  # the warm of this sidecar was not for this start
     assert_matches_stand_in(load, fake, fake.process.pid)
