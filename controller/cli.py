@@ -10,11 +10,11 @@ from collections.abc import Sequence
 import pydantic
 import structlog
 
-from controller.commands.common import Formatter, UsageError
+from controller.commands.common import Formatter
 from controller.settings import ControllerSettings
 from exporter import __version__
+from exporter.errors import UserError
 from exporter.logconfig import configure_logging
-from exporter.weightset import ModelPathError
 
 # Each module has register(subparsers); its parser sets func=run(args, settings) and may
 # set settings_class to a subclass of ControllerSettings.
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_format or settings.log_format, args.log_level or settings.log_level)
     try:
         return int(args.func(args, settings))
-    except (UsageError, ModelPathError) as exc:
+    except UserError as exc:
         log.error(str(exc))  # noqa: TRY400 - a user's mistake needs no traceback
         return 2
     except BrokenPipeError:

@@ -25,6 +25,7 @@ from enum import StrEnum
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from exporter.errors import UserError
 from exporter.linux.statfs import pseudo_filesystem
 
 DEFAULT_WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
@@ -58,7 +59,7 @@ class SkipReason(StrEnum):
 _NAMES_IN_A_MESSAGE = 3
 
 
-class ModelPathError(Exception):
+class ModelPathError(UserError):
     """MODEL_PATH cannot be used at all (missing, not a directory or regular file, on a
     pseudo-filesystem, or without weight files)."""
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import structlog
 
 from controller.units import format_rate, parse_size
+from exporter.errors import UserError
 from exporter.residency import ResidencyProbe
 from exporter.settings import CommonSettings, ExporterSettings
 from exporter.weightset import WeightSet, discover
@@ -25,7 +26,7 @@ log = structlog.get_logger("pagewarm")
 PROGRESS_LOG_INTERVAL_SECONDS = 2.0
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """Bad input that the user can fix; printed without a traceback, exit status 2."""
 
 
