@@ -71,8 +71,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace, settings: CommonSettings) -> int:
-    store: Path = args.samples or settings.samples
-    samples = read_all(store)
+    store: Path = settings.samples
+    with common.naming(store):
+        samples = read_all(store)
     if not samples and not (args.out / "storage_load_bench.jsonl").exists():
         raise common.UsageError(
             f"no samples in {store}: record some with `pagewarm bench` or `pagewarm measure`"

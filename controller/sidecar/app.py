@@ -90,6 +90,13 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        # The port first: a busy one fails here, before anything is warmed or recorded (a
+        # crash loop must not write a bogus pre-warm sample at every restart).
+        server_stop = asyncio.Event()
+        server = await self._listen(server_stop)
+        if server is None:
+            self.warmer.close()
+            return 1
         settings = self.config.settings
         setup = await asyncio.to_thread(
             Setup.detect, self.config.weight_set.root, settings.sysfs_root
@@ -108,8 +115,6 @@ class Sidecar:
         await asyncio.to_thread(self.warmer.profiler.load)
         # No health URL: nothing to time (a keep-warm or metrics-only sidecar).
         watcher = self._watcher() if settings.vllm_health_url else None
-        server_stop = asyncio.Event()
-        server = asyncio.create_task(self._serve(server_stop), name="server")
         self.warmer.start(self._context)
         gate = asyncio.create_task(self._gate_loop(), name="gate")
         watch = asyncio.create_task(
@@ -155,7 +160,21 @@ class Sidecar:
 
     # HTTP ---------------------------------------------------------------------------------
 
-    async def _serve(self, stop: asyncio.Event) -> None:
+    async def _listen(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        """The server's task once it listens; None (and why, logged) when it cannot."""
+        listening = asyncio.Event()
+        server = asyncio.create_task(self._serve(stop, listening), name="server")
+        bound = asyncio.create_task(listening.wait())
+        await asyncio.wait({server, bound}, return_when=asyncio.FIRST_COMPLETED)
+        if listening.is_set():
+            return server
+        bound.cancel()
+        error = server.exception() if not server.cancelled() else None
+        settings = self.config.settings
+        log.error("cannot listen", host=settings.host, port=settings.port, error=str(error))
+        return None
+
+    async def _serve(self, stop: asyncio.Event, listening: asyncio.Event) -> None:
         settings = self.config.settings
         app = create_app(
             settings,
@@ -170,6 +189,7 @@ class Sidecar:
             idle_timeout_seconds=settings.idle_timeout_seconds,
             shutdown=stop,
             handle_signals=False,
+            on_listening=lambda _addresses: listening.set(),
         )
 
     async def _startup(self, request: web.Request) -> web.Response:
