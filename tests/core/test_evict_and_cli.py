@@ -83,7 +83,10 @@ def test_model_path_comes_from_the_environment(small_model: Path) -> None:
         (["status", "/nonexistent/model"], "does not exist"),
         (["prewarm"], "no model path"),
         (["evict", "/dev/null"], "character device"),
-        (["prewarm", "--threads", "0", "{model}"], "--threads must be at least 1"),
+        (
+            ["prewarm", "--threads", "0", "{model}"],
+            "--threads 0: Input should be greater than or equal to 1",
+        ),
         (["synth", "{tmp}/new", "--size", "lots"], "not a size"),
     ],
 )

@@ -1,0 +1,96 @@
+"""cli.main: every user error is one line and exit status 2, every I/O failure one line and
+exit status 1; a traceback only with --debug or PAGEWARM_LOG_LEVEL=debug."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support import pagewarm
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """A sample store with one valid sample (a report has something to write)."""
+    path = tmp_path / "samples.jsonl"
+    sample = {
+        "schema": 1,
+        "kind": "load",
+        "timestamp": "2026-12-01T12:00:00+00:00",
+        "source": "measure",
+        "model": "tiny",
+        "model_path": "/models/tiny",
+        "mode": "cold",
+        "loader": "safetensors",
+        "seconds": 1.5,
+        "outcome": "ok",
+        "size_bytes": 1 << 20,
+        "files": 1,
+    }
+    path.write_text(json.dumps(sample) + "\n")
+    return path
+
+
+# (argv, environment, exit status, words in the one line); {tmp} and {store} filled in.
+CASES = [
+    # Settings from the environment: one line naming the variable.
+    (["status", "{tmp}"], {"PAGEWARM_WEIGHT_PATTERNS": '["*.safetensors"'}, 2, "PAGEWARM_WEIGHT_PATTERNS="),
+    (["status", "{tmp}"], {"PAGEWARM_RESIDENCY_METHOD": "guess"}, 2, "PAGEWARM_RESIDENCY_METHOD='guess'"),
+    (["status", "{tmp}"], {"PAGEWARM_CROSS_FILESYSTEMS": "maybe"}, 2, "PAGEWARM_CROSS_FILESYSTEMS='maybe'"),
+    (["exporter", "--model-path", "{tmp}"], {"PAGEWARM_MODEL_PATHS": "[1,"}, 2, "PAGEWARM_MODEL_PATHS="),
+    (["sidecar", "{tmp}"], {"PAGEWARM_VLLM_HEALTH_URL": "not a url"}, 2, "not an http(s) URL"),
+    # Paths that are a file, a directory or under /proc: one line, exit status 1.
+    (["report", "--samples", "{store}", "--out", "/etc/passwd"], {}, 1, "/etc/passwd"),
+    (["report", "--samples", "{store}", "--out", "/proc/self/pagewarm-report"], {}, 1, "/proc/self/pagewarm-report"),
+    (["report", "--samples", "{tmp}", "--out", "{tmp}/out"], {}, 1, "is not a regular file"),
+    (["samples", "--samples", "{tmp}"], {}, 1, "is not a regular file"),
+    (["samples", "--samples", "/proc/self/mem"], {}, 1, "/proc/self/mem"),
+    (["samples"], {"PAGEWARM_SAMPLES": "{tmp}"}, 1, "is not a regular file"),
+    (["profile", "show", "{tmp}"], {}, 2, "Is a directory"),
+]  # fmt: skip
+
+
+def _fill(text: str, tmp: Path, store: Path) -> str:
+    return text.format(tmp=tmp, store=store)
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(("argv", "env", "status", "words"), CASES)
+def test_an_error_is_one_line_and_its_exit_status(
+    tmp_path: Path, store: Path, argv: list[str], env: dict[str, str], status: int, words: str
+) -> None:
+    result = pagewarm(
+        *(_fill(a, tmp_path, store) for a in argv),
+        env={k: _fill(v, tmp_path, store) for k, v in env.items()},
+    )
+    assert result.returncode == status, result.stderr
+    line = one_line(result.stderr)
+    assert words in line
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "env"), [(["--debug"], {}), ([], {"PAGEWARM_LOG_LEVEL": "debug"})]
+)
+def test_debug_shows_the_traceback(
+    tmp_path: Path, store: Path, flag: list[str], env: dict[str, str]
+) -> None:
+    result = pagewarm(
+        *flag,
+        "report",
+        "--samples",
+        store,
+        "--out",
+        "/etc/passwd",
+        env={"PAGEWARM_LOG_FORMAT": "console", **env},
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" in result.stderr
+    assert "FileExistsError" in result.stderr
