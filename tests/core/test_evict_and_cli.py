@@ -126,4 +126,4 @@ def test_an_empty_model_directory_is_refused_by_prewarm(tmp_path: Path) -> None:
 def test_an_invalid_setting_in_the_environment_is_named(small_model: Path) -> None:
     result = pagewarm("prewarm", small_model, env={"PAGEWARM_PREWARM_THREADS": "many"})
     assert result.returncode == 2
-    assert "prewarm_threads" in result.stderr
+    assert "PAGEWARM_PREWARM_THREADS='many'" in result.stderr
