@@ -65,7 +65,7 @@ class CommonSettings(BaseSettings):
         try:
             return json.loads(text)
         except ValueError as exc:
-            raise ValueError(f"neither a JSON list nor patterns separated by commas: {exc}") from None
+            raise ValueError(f"neither a JSON list nor patterns a,b,c: {exc}") from None
 
     @field_validator("model_path", mode="before")
     @classmethod

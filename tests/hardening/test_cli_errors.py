@@ -36,20 +36,45 @@ def store(tmp_path: Path) -> Path:
 # (argv, environment, exit status, words in the one line); {tmp} and {store} filled in.
 CASES = [
     # Settings from the environment: one line naming the variable.
-    (["status", "{tmp}"], {"PAGEWARM_WEIGHT_PATTERNS": '["*.safetensors"'}, 2, "PAGEWARM_WEIGHT_PATTERNS="),
-    (["status", "{tmp}"], {"PAGEWARM_RESIDENCY_METHOD": "guess"}, 2, "PAGEWARM_RESIDENCY_METHOD='guess'"),
-    (["status", "{tmp}"], {"PAGEWARM_CROSS_FILESYSTEMS": "maybe"}, 2, "PAGEWARM_CROSS_FILESYSTEMS='maybe'"),
-    (["exporter", "--model-path", "{tmp}"], {"PAGEWARM_MODEL_PATHS": "[1,"}, 2, "PAGEWARM_MODEL_PATHS="),
+    (
+        ["status", "{tmp}"],
+        {"PAGEWARM_WEIGHT_PATTERNS": '["*.safetensors"'},
+        2,
+        "PAGEWARM_WEIGHT_PATTERNS=",
+    ),
+    (
+        ["status", "{tmp}"],
+        {"PAGEWARM_RESIDENCY_METHOD": "guess"},
+        2,
+        "PAGEWARM_RESIDENCY_METHOD='guess'",
+    ),
+    (
+        ["status", "{tmp}"],
+        {"PAGEWARM_CROSS_FILESYSTEMS": "maybe"},
+        2,
+        "PAGEWARM_CROSS_FILESYSTEMS='maybe'",
+    ),
+    (
+        ["exporter", "--model-path", "{tmp}"],
+        {"PAGEWARM_MODEL_PATHS": "[1,"},
+        2,
+        "PAGEWARM_MODEL_PATHS=",
+    ),
     (["sidecar", "{tmp}"], {"PAGEWARM_VLLM_HEALTH_URL": "not a url"}, 2, "not an http(s) URL"),
     # Paths that are a file, a directory or under /proc: one line, exit status 1.
     (["report", "--samples", "{store}", "--out", "/etc/passwd"], {}, 1, "/etc/passwd"),
-    (["report", "--samples", "{store}", "--out", "/proc/self/pagewarm-report"], {}, 1, "/proc/self/pagewarm-report"),
+    (
+        ["report", "--samples", "{store}", "--out", "/proc/self/pagewarm-report"],
+        {},
+        1,
+        "/proc/self/pagewarm-report",
+    ),
     (["report", "--samples", "{tmp}", "--out", "{tmp}/out"], {}, 1, "is not a regular file"),
     (["samples", "--samples", "{tmp}"], {}, 1, "is not a regular file"),
     (["samples", "--samples", "/proc/self/mem"], {}, 1, "/proc/self/mem"),
     (["samples"], {"PAGEWARM_SAMPLES": "{tmp}"}, 1, "is not a regular file"),
     (["profile", "show", "{tmp}"], {}, 2, "Is a directory"),
-]  # fmt: skip
+]
 
 
 def _fill(text: str, tmp: Path, store: Path) -> str:
@@ -62,10 +87,11 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(("argv", "env", "status", "words"), CASES)
+@pytest.mark.parametrize("case", CASES)
 def test_an_error_is_one_line_and_its_exit_status(
-    tmp_path: Path, store: Path, argv: list[str], env: dict[str, str], status: int, words: str
+    tmp_path: Path, store: Path, case: tuple[list[str], dict[str, str], int, str]
 ) -> None:
+    argv, env, status, words = case
     result = pagewarm(
         *(_fill(a, tmp_path, store) for a in argv),
         env={k: _fill(v, tmp_path, store) for k, v in env.items()},
