@@ -191,6 +191,8 @@ def _config(
 
 
 def run(args: argparse.Namespace, settings: BenchCommandSettings) -> int:
+    if args.out is not None:
+        common.output_directory(args.out)  # before the bench, not after its last load
     weight_set = common.weight_set(args, settings)
     measurer = build_measurer(args, settings, weight_set, "bench")
     try:

@@ -148,6 +148,9 @@ def given(args: argparse.Namespace) -> Mapping[str, GivenFlag]:
 def load_settings(settings: type[ModelT], flags: Mapping[str, GivenFlag]) -> ModelT:
     """``settings`` from the environment with ``flags`` applied over it, validated by the
     model; ``SettingsError`` names the flag or the variable a refused value came from."""
+    unbound = [flag.option for name, flag in flags.items() if name not in settings.model_fields]
+    if unbound:  # a flag declared on another settings class than its command's: a bug
+        raise TypeError(f"{settings.__name__} has no setting for {', '.join(unbound)}")
     try:
         return settings(**{name: flag.value for name, flag in flags.items()})
     except ValidationError as exc:

@@ -163,6 +163,7 @@ def _key(
 def run_record(args: argparse.Namespace, settings: ProfileSettings) -> int:
     if not args.command:
         raise common.UsageError("give the command to record after --")
+    common.output_file(args.out)
     key, exclude = _key(args, settings)
     options = RecordOptions(
         key=key,

@@ -72,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace, settings: CommonSettings) -> int:
     store: Path = settings.samples
+    common.output_directory(args.out)
     with common.naming(store):
         samples = read_all(store)
     if not samples and not (args.out / "storage_load_bench.jsonl").exists():
