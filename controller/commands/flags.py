@@ -138,7 +138,8 @@ def default_text(settings: type[BaseModel], setting: str, default: str | None) -
             else str(value)
         )
     env = env_name(settings, setting)
-    return f"default: ${env} or {default}" if env else f"default: {default}"
+    text = f"default: ${env} or {default}" if env else f"default: {default}"
+    return text.replace("%", "%%")  # argparse formats help with %
 
 
 def given(args: argparse.Namespace) -> Mapping[str, GivenFlag]:
