@@ -50,6 +50,9 @@ the original scheduler is always restored (also on Ctrl-C and SIGTERM; after a c
 `pagewarm scheduler restore`). Without permission it runs under the current scheduler and
 says what it would have tested.
 
+SIGINT/SIGTERM: a pre-warm in progress is cancelled and recorded (partial), a load in
+progress is abandoned (not recorded); exit status 130/143.
+
 --prewarm-variants compares pre-warm strategies in one bench (prewarm_* modes run once per
 variant per round); the report shows each.
 

@@ -35,7 +35,8 @@ given with --mode or derived from that measurement; a load declared cold whose f
 in fact resident is recorded with the measured mode (declared_mode keeps what was said,
 mode_verified=false), never silently as cold.
 
-exit status: 0 the load succeeded, 1 it failed or timed out, 2 bad input.
+exit status: 0 the load succeeded, 1 it failed or timed out, 2 bad input, 130/143
+stopped by SIGINT/SIGTERM (a --prewarm in progress is cancelled and recorded as partial).
 
 examples:
   pagewarm measure /models/llama-3-8b --evict --mode cold

@@ -34,7 +34,8 @@ The memory guard keeps the warm within MemAvailable and the memory cgroup's limi
 than that budget is warmed up to it, in load order, and the result says 'partial'.
 
 exit status: 0 warmed (or partial because of the memory budget), 1 some files failed
-(truncated, replaced or unreadable mid-warm; the rest were warmed), 2 bad input.
+(truncated, replaced or unreadable mid-warm; the rest were warmed), 2 bad input,
+130/143 cancelled by SIGINT/SIGTERM (within one step; the partial result is printed).
 
 --profile FILE replays an engine's start-up profile first (`pagewarm profile record`):
 its libraries and configuration, in the order the engine reads them, with --io-depth
