@@ -114,6 +114,9 @@ def sources_from(args: argparse.Namespace, settings: ExporterSettings) -> ModelS
             "no models to watch: give --model-path PATH (repeatable) or --models-dir DIR, "
             "or set MODEL_PATH, PAGEWARM_MODEL_PATHS or PAGEWARM_MODELS_DIR"
         )
+    if models_dir is not None and models_dir.exists() and not models_dir.is_dir():
+        # Missing is fine (a volume mounted later); a file never holds models.
+        raise common.UsageError(f"models directory {models_dir} is not a directory")
     if "model_name" in given and len(paths) != 1:
         raise common.UsageError(
             f"--model-name names one model, but {len(paths)} model paths are given; "

@@ -100,6 +100,8 @@ CASES = [
     (["samples", "--samples", "/proc/self/mem"], {}, 1, "/proc/self/mem: Input/output error"),
     (["samples"], {"PAGEWARM_SAMPLES": "{tmp}"}, 1, "is not a regular file"),
     (["profile", "show", "{tmp}"], {}, 2, "Is a directory"),
+    (["exporter", "--models-dir", "{store}", "--port", "0"], {}, 2, "is not a directory"),
+    (["exporter", "--port", "0"], {"PAGEWARM_MODELS_DIR": "{store}"}, 2, "is not a directory"),
 ]
 
 
