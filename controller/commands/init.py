@@ -11,7 +11,12 @@ import structlog
 from pydantic import Field
 
 from controller.commands import common
-from controller.commands.prewarm import add_prewarm_options, prewarm_with_progress, report
+from controller.commands.prewarm import (
+    add_prewarm_options,
+    exit_status,
+    prewarm_with_progress,
+    report,
+)
 from controller.prewarm import PrewarmResult
 from controller.samplestore import SampleStore
 from controller.sampling import SampleHeader, Setup
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace, settings: InitSettings) -> int:
     report(result, as_json=args.json)
     if cancel.is_set():
         return EXIT_TERMINATED
-    return 1 if result.file_errors else 0
+    return exit_status(result)
 
 
 def _record(
