@@ -1,0 +1,118 @@
+"""A shard that changes before its turn in a warm (truncated, grown, rewritten in place,
+replaced) is warmed as it is now, named and counted in the result, and the result's size
+and residency are those of the files on disk: a real, rate-limited warm in another
+process, paused on an event (the first shard becoming resident), a real change."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from exporter.residency import ResidencyProbe
+from exporter.weightset import discover
+from tests.support import REPO, evict_path, write_random
+
+MiB = 1 << 20
+SHARD = 8 * MiB
+
+
+def _truncate(path: Path) -> int:
+    os.truncate(path, 1 * MiB)
+    return 1 * MiB
+
+
+def _grow(path: Path) -> int:
+    with path.open("ab") as handle:
+        handle.write(os.urandom(4 * MiB))
+    return SHARD + 4 * MiB
+
+
+def _rewrite_in_place(path: Path) -> int:
+    with path.open("r+b") as handle:
+        handle.write(os.urandom(4096))
+    stat = path.stat()
+    # The same size; a later modification time even on a coarse clock.
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    return SHARD
+
+
+def _replace(path: Path) -> int:
+    write_random(path.with_suffix(".new"), 2 * MiB).rename(path)
+    return 2 * MiB
+
+
+def _wait_resident(path: Path, at_least: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if (ResidencyProbe().cached_bytes(fd, 0, SHARD) or 0) >= at_least:
+                return
+        finally:
+            os.close(fd)
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never became {at_least} bytes resident")
+
+
+@pytest.mark.parametrize(
+    ("change", "name"),
+    [
+        (_truncate, "truncated"),
+        (_grow, "grown"),
+        (_rewrite_in_place, "modified"),
+        (_replace, "replaced"),
+    ],
+    ids=["truncated", "grown", "rewritten-in-place", "replaced"],
+)
+def test_a_shard_changed_before_its_turn_is_named_and_warmed_as_it_is(
+    tmp_path: Path, change: Callable[[Path], int], name: str
+) -> None:
+    shards = [
+        write_random(tmp_path / f"model-{n:05d}-of-00003.safetensors", SHARD) for n in (1, 2, 3)
+    ]
+    evict_path(tmp_path)
+    # 4 MiB/s, one thread: the last shard's turn comes about 4 s after the start.
+    argv = [
+        sys.executable,
+        "-m",
+        "controller.cli",
+        "prewarm",
+        str(tmp_path),
+        "--json",
+        "--threads",
+        "1",
+        "--rate-limit",
+        "4MiB",
+        "--chunk",
+        "4MiB",
+        "--strategy",
+        "read",
+    ]
+    env = {**os.environ, "PAGEWARM_LOG_FORMAT": "json"}
+    warm = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+    )
+    _wait_resident(shards[0], 1 * MiB)
+    new_size = change(shards[2])
+    out, err = warm.communicate(timeout=120)
+    assert warm.returncode == 1, err
+    doc = json.loads(out)
+    assert doc["file_errors"] == []
+    assert doc["changed_files"] == [
+        {"path": str(shards[2]), "change": name, "planned_size": SHARD, "size": new_size}
+    ]
+    assert doc["size_bytes"] == 2 * SHARD + new_size
+    assert doc["size_bytes"] == sum(f.size for f in discover(tmp_path).files)
+    # The changed shard was warmed at its new size, and the ratio is over that size.
+    last = ResidencyProbe().measure(discover(tmp_path)).files[-1]
+    assert last.size == new_size
+    assert last.ratio is not None and last.ratio >= 0.95
+    assert doc["resident_after_ratio"] >= 0.95
+    assert "file changed before its turn" in err
