@@ -58,6 +58,12 @@ class LoadTarget:
             raise MeasureError(str(exc)) from None
         return target
 
+    def check_files(self, weight_set: WeightSet) -> None:
+        """A built-in loader's files checked before anything is timed or recorded: the wrong
+        loader for them, or a corrupt file, is the user's to fix (LoaderError, exit 2)."""
+        if self.loader is not None:
+            self.loader.check_files(weight_set)
+
     @property
     def name(self) -> str:
         if self.loader is not None:

@@ -106,6 +106,7 @@ def build_measurer(
         target = LoadTarget.build(args.loader, args.url, command)
     except MeasureError as exc:
         raise common.UsageError(str(exc)) from None
+    target.check_files(weight_set)
     timeout = args.timeout if args.timeout is not None else settings.load_timeout_seconds
     if timeout <= 0:
         raise common.UsageError("--timeout must be positive")
