@@ -18,8 +18,9 @@ from controller.bench import (
     Variant,
 )
 from controller.commands import common
-from controller.commands.measure import add_load_options, build_measurer
+from controller.commands.measure import add_load_options, build_measurer, show_unsaved
 from controller.commands.prewarm import add_prewarm_options, options_from
+from controller.measure import UnsavedSampleError
 from controller.prewarm import resolve_strategy
 from controller.report import headline, write_report
 from controller.scheduler import SchedulerError, TerminatedError
@@ -165,6 +166,9 @@ def run(args: argparse.Namespace, settings: BenchSettings) -> int:
         result = Bench(measurer, config).run()
     except (BenchError, SchedulerError) as exc:
         raise common.UsageError(str(exc)) from None
+    except UnsavedSampleError as exc:
+        # The samples before it are stored; the bench stops at the store's first refusal.
+        return show_unsaved(exc)
     except TerminatedError as exc:
         # The finally-blocks have run (scheduler restored); the samples so far are stored.
         log.warning("bench stopped", reason=str(exc), store=str(measurer.store.path))
