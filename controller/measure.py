@@ -158,6 +158,9 @@ class Measurer:
         sample = self.header.sample(
             {
                 "kind": SampleKind.LOAD,
+                # As measured before this load, not when the weight set was found: a shard
+                # may have changed between a bench's runs.
+                "model_bytes": before.size_bytes,
                 "mode": mode,
                 "declared_mode": declared if declared is not None and declared != mode else None,
                 "mode_verified": verified,

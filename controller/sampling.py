@@ -224,6 +224,7 @@ def prewarm_fields(result: PrewarmResult, weight_set: WeightSet) -> dict[str, ob
         problems.append(result.failure_reason)
     return {
         "kind": SampleKind.PREWARM,
+        "model_bytes": result.size_bytes,  # the files as the warm found them, not as listed
         "mode": Mode.NONE,
         "loader": "prewarm",
         "seconds": result.seconds,

@@ -240,8 +240,9 @@ class Warmer:
         else:
             residency = await asyncio.to_thread(self.probe.measure, ws)
             memory = await asyncio.to_thread(MemoryGuard(self.config.reserve_bytes).snapshot)
-            reason = why_not_permitted(ws.total_bytes) or why_not_affordable(
-                ws.total_bytes, residency.cached_bytes, memory
+            # The size now (a shard may have changed since the model was found).
+            reason = why_not_permitted(residency.size_bytes) or why_not_affordable(
+                residency.size_bytes, residency.cached_bytes, memory
             )
         if reason is None:
             try:

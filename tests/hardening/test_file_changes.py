@@ -116,3 +116,27 @@ def test_a_shard_changed_before_its_turn_is_named_and_warmed_as_it_is(
     assert last.ratio is not None and last.ratio >= 0.95
     assert doc["resident_after_ratio"] >= 0.95
     assert "file changed before its turn" in err
+
+
+def test_measure_records_the_sizes_the_warm_and_the_load_found(tmp_path: Path) -> None:
+    """The siblings in the samples: a shard truncated before its turn in `measure
+    --prewarm` gives both samples the size on disk, not the size listed at the start."""
+    model = tmp_path / "model"
+    shards = [write_random(model / f"model-{n:05d}-of-00003.safetensors", SHARD) for n in (1, 2, 3)]
+    evict_path(model)
+    store = tmp_path / "samples.jsonl"
+    argv = [sys.executable, "-m", "controller.cli", "measure", str(model), "--prewarm",
+            "--threads", "1", "--rate-limit", "4MiB", "--chunk", "4MiB", "--strategy", "read",
+            "--", "true"]  # fmt: skip
+    env = {**os.environ, "PAGEWARM_LOG_FORMAT": "json", "PAGEWARM_SAMPLES": str(store)}
+    measure = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+    )
+    _wait_resident(shards[0], 1 * MiB)
+    new_size = _truncate(shards[2])
+    _, err = measure.communicate(timeout=120)
+    assert measure.returncode == 0, err
+    prewarm_sample, load_sample = (json.loads(line) for line in store.read_text().splitlines())
+    assert prewarm_sample["kind"] == "prewarm" and load_sample["kind"] == "load"
+    assert prewarm_sample["model_bytes"] == load_sample["model_bytes"] == 2 * SHARD + new_size
+    assert f"{shards[2]}: truncated since the weight set was found" in prewarm_sample["error"]
