@@ -19,13 +19,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import stat
 from collections.abc import Iterable
 from pathlib import Path
 
 from controller.linux.durable import fsync_directory, write_all
+from controller.writable import check_file
 from exporter.errors import UserError
-from exporter.linux.statfs import pseudo_filesystem
 from exporter.samples import Sample, read_all
 
 
@@ -73,52 +72,8 @@ class SampleStore:
         return read_all(self.path)
 
     def check_writable(self) -> None:
-        """SampleStoreError unless a sample could be appended now. Nothing is left behind:
-        a probe file and the directories made for it are removed again."""
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            self._probe_create()
-            return
-        except OSError as exc:
-            raise self._error(exc) from None
-        if stat.S_ISDIR(st.st_mode):
-            empty = " (an empty PAGEWARM_SAMPLES or --samples)" if str(self.path) == "." else ""
-            raise SampleStoreError(
-                f"sample store {self.path}: is a directory{empty}; PAGEWARM_SAMPLES and "
-                "--samples name the JSONL file"
-            )
-        if not stat.S_ISREG(st.st_mode):
-            raise SampleStoreError(f"sample store {self.path}: not a regular file")
-        try:
-            os.close(os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC))
-        except OSError as exc:
-            raise self._error(exc) from None
-
-    def _probe_create(self) -> None:
-        made: list[Path] = []
-        parent = self.path.parent
-        while not parent.exists():
-            made.append(parent)
-            parent = parent.parent
-        if (kind := pseudo_filesystem(parent, parent.stat().st_dev)) is not None:
-            raise SampleStoreError(f"sample store {self.path}: {parent} is {kind}, not storage")
-        try:
-            for directory in reversed(made):
-                directory.mkdir()
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
-            self.path.unlink()
-        except OSError as exc:
-            raise self._error(exc) from None
-        finally:
-            for directory in made:
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
-
-    def _error(self, exc: OSError) -> SampleStoreError:
-        return SampleStoreError(
-            f"sample store {self.path}: cannot be written: {exc.strerror or exc}"
-        )
+        """SampleStoreError unless a sample could be appended now (nothing left behind)."""
+        check_file(self.path, "sample store", SampleStoreError)
 
 
 def _ends_torn(fd: int) -> bool:

@@ -25,6 +25,7 @@ from controller.prewarm import resolve_strategy
 from controller.report import headline, write_report
 from controller.scheduler import SchedulerError, TerminatedError
 from controller.settings import BenchSettings
+from controller.writable import check_directory
 from exporter.samples import Mode
 
 log = structlog.get_logger("pagewarm")
@@ -161,6 +162,8 @@ def _config(args: argparse.Namespace, settings: BenchSettings) -> BenchConfig:
 def run(args: argparse.Namespace, settings: BenchSettings) -> int:
     weight_set = common.weight_set(args, settings)
     config = _config(args, settings)
+    if args.out is not None:  # before the bench: its report must not be lost at the end
+        check_directory(args.out, "--out")
     measurer = build_measurer(args, settings, weight_set, "bench")
     try:
         result = Bench(measurer, config).run()

@@ -42,7 +42,7 @@ def _directory(tmp: Path) -> tuple[str, str]:
 
 
 def _empty(_: Path) -> tuple[str, str]:
-    return "", "is a directory (an empty PAGEWARM_SAMPLES or --samples)"
+    return "", "is a directory (an empty setting or flag names the current directory)"
 
 
 def _device(_: Path) -> tuple[str, str]:
@@ -130,3 +130,31 @@ def test_a_store_error_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(SampleStoreError, match="is a directory") as caught:
         SampleStore(tmp_path).check_writable()
     assert isinstance(caught.value, UserError)
+
+
+OUTS = {
+    "procfs": ("/proc/pagewarm-report", "/proc is proc, not storage"),
+    "sysfs": ("/sys/kernel/pagewarm-report", "/sys/kernel is sysfs, not storage"),
+    "a-file": ("{tmp}/plain", "exists and is not a directory"),
+    "under-a-file": ("{tmp}/plain/out", "is not a directory"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OUTS))
+def test_bench_refuses_an_unwritable_report_directory_before_the_bench(
+    model: Path, shared_tmp: Path, case: str
+) -> None:
+    """A sibling: `bench --out` wrote its report after the whole bench, then crashed."""
+    (shared_tmp / "plain").write_text("x")
+    out, reason = OUTS[case]
+    out = out.format(tmp=shared_tmp)
+    marker, store = shared_tmp / "loaded", shared_tmp / "samples.jsonl"
+    done = pagewarm(
+        "bench", model, "--runs", "1", "--modes", "warm", "--out", out, "--", "touch", marker,
+        env={"PAGEWARM_SAMPLES": str(store)},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    event = json.loads(line)["event"]
+    assert event.startswith(f"--out {out}: ") and reason in event
+    assert not marker.exists() and not store.exists()
