@@ -158,3 +158,29 @@ def test_bench_refuses_an_unwritable_report_directory_before_the_bench(
     event = json.loads(line)["event"]
     assert event.startswith(f"--out {out}: ") and reason in event
     assert not marker.exists() and not store.exists()
+
+
+PROFILE_OUTS = {
+    "procfs": "/proc/profile.json",
+    "sysfs": "/sys/kernel/profile.json",
+    "a-directory": "{tmp}",
+    "under-a-file": "{tmp}/plain/profile.json",
+}
+
+
+@pytest.mark.parametrize("case", sorted(PROFILE_OUTS))
+def test_profile_record_refuses_an_unwritable_out_before_recording(
+    shared_tmp: Path, case: str
+) -> None:
+    """A sibling: `profile record --out` recorded the whole start-up, then crashed."""
+    (shared_tmp / "plain").write_text("x")
+    out = PROFILE_OUTS[case].format(tmp=shared_tmp)
+    marker = shared_tmp / "started"
+    done = pagewarm(
+        "profile", "record", "--model-name", "tiny", "--out", out, "--", "touch", marker
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.splitlines()
+    assert json.loads(line)["event"].startswith("--out")
+    assert not marker.exists()  # the engine was never started
