@@ -61,6 +61,32 @@ def _wait_resident(path: Path, at_least: int, timeout: float = 60) -> None:
     raise AssertionError(f"{path} never became {at_least} bytes resident")
 
 
+WARM_FLAGS = ("--threads", "1", "--rate-limit", "4MiB", "--chunk", "4MiB", "--strategy", "read")
+
+
+def _three_shards(model: Path) -> list[Path]:
+    shards = [write_random(model / f"model-{n:05d}-of-00003.safetensors", SHARD) for n in (1, 2, 3)]
+    evict_path(model)
+    return shards
+
+
+def _change_the_last_shard_mid_warm(
+    shards: list[Path], change: Callable[[Path], int], *args: str, env: dict[str, str]
+) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """Runs pagewarm ``args`` (a warm at 4 MiB/s, one thread: the last shard's turn comes
+    about 4 s after the start), changes the last shard once the first is being warmed;
+    (the last shard's new size, the finished process)."""
+    argv = [sys.executable, "-m", "controller.cli", *args]
+    full_env = {**os.environ, "PAGEWARM_LOG_FORMAT": "json", **env}
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=REPO
+    )
+    _wait_resident(shards[0], 1 * MiB)
+    new_size = change(shards[-1])
+    out, err = process.communicate(timeout=120)
+    return new_size, subprocess.CompletedProcess(argv, process.returncode, out, err)
+
+
 @pytest.mark.parametrize(
     ("change", "name"),
     [
@@ -74,36 +100,12 @@ def _wait_resident(path: Path, at_least: int, timeout: float = 60) -> None:
 def test_a_shard_changed_before_its_turn_is_named_and_warmed_as_it_is(
     tmp_path: Path, change: Callable[[Path], int], name: str
 ) -> None:
-    shards = [
-        write_random(tmp_path / f"model-{n:05d}-of-00003.safetensors", SHARD) for n in (1, 2, 3)
-    ]
-    evict_path(tmp_path)
-    # 4 MiB/s, one thread: the last shard's turn comes about 4 s after the start.
-    argv = [
-        sys.executable,
-        "-m",
-        "controller.cli",
-        "prewarm",
-        str(tmp_path),
-        "--json",
-        "--threads",
-        "1",
-        "--rate-limit",
-        "4MiB",
-        "--chunk",
-        "4MiB",
-        "--strategy",
-        "read",
-    ]
-    env = {**os.environ, "PAGEWARM_LOG_FORMAT": "json"}
-    warm = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+    shards = _three_shards(tmp_path)
+    new_size, done = _change_the_last_shard_mid_warm(
+        shards, change, "prewarm", str(tmp_path), "--json", *WARM_FLAGS, env={}
     )
-    _wait_resident(shards[0], 1 * MiB)
-    new_size = change(shards[2])
-    out, err = warm.communicate(timeout=120)
-    assert warm.returncode == 1, err
-    doc = json.loads(out)
+    assert done.returncode == 1, done.stderr
+    doc = json.loads(done.stdout)
     assert doc["file_errors"] == []
     assert doc["changed_files"] == [
         {"path": str(shards[2]), "change": name, "planned_size": SHARD, "size": new_size}
@@ -115,27 +117,20 @@ def test_a_shard_changed_before_its_turn_is_named_and_warmed_as_it_is(
     assert last.size == new_size
     assert last.ratio is not None and last.ratio >= 0.95
     assert doc["resident_after_ratio"] >= 0.95
-    assert "file changed before its turn" in err
+    assert "file changed before its turn" in done.stderr
 
 
 def test_measure_records_the_sizes_the_warm_and_the_load_found(tmp_path: Path) -> None:
     """The siblings in the samples: a shard truncated before its turn in `measure
     --prewarm` gives both samples the size on disk, not the size listed at the start."""
     model = tmp_path / "model"
-    shards = [write_random(model / f"model-{n:05d}-of-00003.safetensors", SHARD) for n in (1, 2, 3)]
-    evict_path(model)
+    shards = _three_shards(model)
     store = tmp_path / "samples.jsonl"
-    argv = [sys.executable, "-m", "controller.cli", "measure", str(model), "--prewarm",
-            "--threads", "1", "--rate-limit", "4MiB", "--chunk", "4MiB", "--strategy", "read",
-            "--", "true"]  # fmt: skip
-    env = {**os.environ, "PAGEWARM_LOG_FORMAT": "json", "PAGEWARM_SAMPLES": str(store)}
-    measure = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
-    )
-    _wait_resident(shards[0], 1 * MiB)
-    new_size = _truncate(shards[2])
-    _, err = measure.communicate(timeout=120)
-    assert measure.returncode == 0, err
+    new_size, done = _change_the_last_shard_mid_warm(
+        shards, _truncate, "measure", str(model), "--prewarm", *WARM_FLAGS, "--", "true",
+        env={"PAGEWARM_SAMPLES": str(store)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
     prewarm_sample, load_sample = (json.loads(line) for line in store.read_text().splitlines())
     assert prewarm_sample["kind"] == "prewarm" and load_sample["kind"] == "load"
     assert prewarm_sample["model_bytes"] == load_sample["model_bytes"] == 2 * SHARD + new_size
