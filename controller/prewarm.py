@@ -159,7 +159,9 @@ class _Run:
             self.step = RATE_LIMITED_STEP_BYTES
         else:
             self.step = READ_STEP_BYTES if self.strategy is Strategy.READ else STEP_BYTES
-        self.threads = self._threads_within_budget(max(1, options.threads))
+        # No more readers than chunks to read: the rest would only hold buffers and stacks.
+        chunks = sum(-(-f.size // options.chunk_bytes) for f in weight_set.files)
+        self.threads = self._threads_within_budget(max(1, min(options.threads, chunks)))
         self.lock = threading.Lock()
         self.errors: list[FileError] = []
         self.changes: list[FileChange] = []

@@ -126,3 +126,13 @@ def test_no_budget_in_a_cgroup_fails_with_exit_1_and_the_reason(model: Path, how
     assert doc["failure_reason"].startswith("no memory budget to warm anything")
     assert cgroup.limit_reason in doc["failure_reason"]
     assert "pre-warm failed" in done.stderr
+
+
+@pytest.mark.parametrize("strategy", [Strategy.READ, Strategy.POPULATE])
+def test_no_more_threads_than_chunks(model: Path, strategy: Strategy) -> None:
+    """--threads 100000 started 5,692 threads for a 252 MiB model: one per chunk is the most
+    that can work."""
+    options = PrewarmOptions(strategy=strategy, threads=100_000, chunk_bytes=16 * MiB)
+    result = prewarm(discover(model), options, guard=MemoryGuard(enabled=False))
+    assert result.threads == 4 * 64 // 16
+    assert not result.failed and not result.partial
