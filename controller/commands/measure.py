@@ -35,7 +35,13 @@ given with --mode or derived from that measurement; a load declared cold whose f
 in fact resident is recorded with the measured mode (declared_mode keeps what was said,
 mode_verified=false), never silently as cold.
 
-exit status: 0 the load succeeded, 1 it failed or timed out, 2 bad input.
+The files and the sample store are checked before anything is loaded: the wrong loader for
+the files, a corrupt safetensors header, or a store that cannot be written (a directory,
+/proc, a read-only directory) is one line and exit 2, and records nothing. A store that
+refuses the sample after the load gets it printed on stdout (one JSON line) instead.
+
+exit status: 0 the load succeeded, 1 it failed or timed out, or the store refused its
+sample (printed on stdout), 2 bad input.
 
 examples:
   pagewarm measure /models/llama-3-8b --evict --mode cold
