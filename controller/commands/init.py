@@ -39,8 +39,10 @@ with a warning; the rest loads from storage. Remember that the page cache stays 
 to the init container's cgroup (the pod's) after it exits.
 
 exit status: 0 warmed (also partial because of the memory budget), 1 some files could
-not be read, 2 MODEL_PATH unusable (missing, not readable, no weight files) or bad
-input, 143 stopped by SIGTERM before the warm finished.
+not be read, files changed before their turn (warmed as they are now), or no memory
+budget at all (the reserve is larger than the headroom: nothing could be warmed), 2
+MODEL_PATH unusable (missing, not readable, no weight files) or bad input, 143 stopped by
+SIGTERM before the warm finished.
 
 examples:
   pagewarm init /models/llama-3-8b
