@@ -21,13 +21,15 @@ from controller.bench import (
     Variant,
 )
 from controller.commands import common, flags
-from controller.commands.measure import add_load_options, build_measurer
+from controller.commands.measure import add_load_options, build_measurer, show_unsaved
 from controller.commands.prewarm import add_prewarm_options, options_from
 from controller.interrupts import Interrupt, Interrupted, interruptible
+from controller.measure import UnsavedSampleError
 from controller.prewarm import Strategy, resolve_strategy
 from controller.report import headline, write_report
 from controller.scheduler import SchedulerError, TerminatedError
 from controller.settings import BenchSettings, Threads
+from controller.writable import check_directory
 from exporter.samples import Mode
 
 log = structlog.get_logger("pagewarm")
@@ -194,8 +196,8 @@ def _config(
 
 
 def run(args: argparse.Namespace, settings: BenchCommandSettings) -> int:
-    if args.out is not None:
-        common.output_directory(args.out)  # before the bench, not after its last load
+    if args.out is not None:  # before the bench: its report must not be lost at the end
+        check_directory(args.out, "--out")
     weight_set = common.weight_set(args, settings)
     measurer = build_measurer(args, settings, weight_set, "bench")
     try:
@@ -203,6 +205,9 @@ def run(args: argparse.Namespace, settings: BenchCommandSettings) -> int:
             result = Bench(measurer, _config(args, settings, interrupt)).run()
     except (BenchError, SchedulerError) as exc:
         raise common.UsageError(str(exc)) from None
+    except UnsavedSampleError as exc:
+        # The samples before it are stored; the bench stops at the store's first refusal.
+        return show_unsaved(exc)
     except (TerminatedError, Interrupted) as exc:
         # The finally-blocks have run (scheduler restored); the samples so far, a cancelled
         # pre-warm's included, are stored.

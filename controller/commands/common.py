@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -128,39 +127,6 @@ def naming(path: Path) -> Iterator[None]:
         if exc.filename is None and exc.strerror:
             exc.filename = str(path)
         raise
-
-
-def output_directory(path: Path, flag: str = "--out") -> Path:
-    """A directory a command will write into, made now: a file, or a place where nothing
-    can be written (/proc, read-only), is refused before any work is done."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise UsageError(f"{flag} {path}: exists and is not a directory") from None
-    except OSError as exc:
-        raise UsageError(f"{flag} {path}: {exc.strerror or exc}") from None
-    _probe_writable(path, f"{flag} {path}")
-    return path
-
-
-def output_file(path: Path, flag: str = "--out") -> Path:
-    """A file a command will write at its end, checked before the work (a recording of
-    minutes is not lost to a typo)."""
-    if path.is_dir():
-        raise UsageError(f"{flag} {path}: is a directory")
-    if not path.parent.is_dir():
-        raise UsageError(f"{flag} {path}: {path.parent} is not a directory")
-    _probe_writable(path.parent, f"{flag} {path}")
-    return path
-
-
-def _probe_writable(directory: Path, what: str) -> None:
-    # os.access says yes to root under /proc; creating a file is the only true answer.
-    try:
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as exc:
-        raise UsageError(f"{what}: cannot write there ({exc.strerror or exc})") from None
 
 
 def print_json(document: Any) -> None:

@@ -8,7 +8,12 @@ import structlog
 from pydantic import Field
 
 from controller.commands import common, flags
-from controller.commands.prewarm import add_prewarm_options, prewarm_with_progress, report
+from controller.commands.prewarm import (
+    add_prewarm_options,
+    exit_status,
+    prewarm_with_progress,
+    report,
+)
 from controller.interrupts import interruptible
 from controller.prewarm import PrewarmResult
 from controller.samplestore import SampleStore
@@ -32,9 +37,10 @@ with a warning; the rest loads from storage. Remember that the page cache stays 
 to the init container's cgroup (the pod's) after it exits.
 
 exit status: 0 warmed (also partial because of the memory budget), 1 some files could
-not be read, 2 MODEL_PATH unusable (missing, not readable, no weight files) or bad
-input, 130/143 stopped by SIGINT/SIGTERM before the warm finished (the partial warm is
-recorded).
+not be read, files changed before their turn (warmed as they are now), or no memory
+budget at all (the reserve is larger than the headroom: nothing could be warmed), 2
+MODEL_PATH unusable (missing, not readable, no weight files) or bad input, 130/143
+stopped by SIGINT/SIGTERM before the warm finished (the partial warm is recorded).
 
 examples:
   pagewarm init /models/llama-3-8b
@@ -78,7 +84,7 @@ def run(args: argparse.Namespace, settings: InitSettings) -> int:
     report(result, as_json=args.json)
     if interrupt.exit_status is not None:
         return interrupt.exit_status
-    return 1 if result.file_errors else 0
+    return exit_status(result)
 
 
 def _record(settings: InitSettings, weight_set: WeightSet, result: PrewarmResult) -> None:

@@ -22,6 +22,7 @@ from controller.profile.schema import (
 from controller.profile.session import RecordError, RecordOptions, record_command
 from controller.settings import ControllerSettings, HttpUrl, Size
 from controller.units import format_bytes
+from controller.writable import check_directory, check_file
 from exporter.models import ModelSpec
 from exporter.weightset import discover
 
@@ -163,8 +164,10 @@ def _key(
 def run_record(args: argparse.Namespace, settings: ProfileSettings) -> int:
     if not args.command:
         raise common.UsageError("give the command to record after --")
-    common.output_file(args.out)
     key, exclude = _key(args, settings)
+    # Before the recording: a start-up recorded into a path that refuses it is lost.
+    check_file(args.out, "--out")
+    check_directory(args.out.parent, "--out's directory")  # the atomic rename writes there
     options = RecordOptions(
         key=key,
         ready_url=settings.profile_ready_url,

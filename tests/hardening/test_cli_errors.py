@@ -86,7 +86,7 @@ CASES = [
         ["profile", "record", "--model-name", "m", "--out", "/proc/self/p.json", "--", "true"],
         {},
         2,
-        "--out /proc/self/p.json: cannot write there",
+        "--out /proc/self/p.json: /proc/self is",
     ),
     (
         ["profile", "record", "--model-name", "m", "--out", "{tmp}", "--", "true"],
