@@ -31,6 +31,7 @@ from pathlib import Path
 import structlog
 
 from controller.evict import evict
+from controller.interrupts import Interrupt
 from controller.measure import Measurer, rounded
 from controller.memguard import MemoryGuard
 from controller.prewarm import PrewarmOptions, Strategy
@@ -130,6 +131,8 @@ class BenchConfig:
     schedulers: tuple[str, ...] = ()
     drop_caches: bool = False
     journal: Path = field(default_factory=lambda: Path("scheduler-journal.json"))
+    # A signal cancels a pre-warm in progress (recorded, partial), then stops the bench.
+    interrupt: Interrupt = field(default_factory=Interrupt)
 
 
 @dataclass
@@ -183,10 +186,16 @@ class Bench:
                 only_missing=self.config.options.only_missing,
                 rate_limit_bytes_per_second=self.config.options.rate_limit_bytes_per_second,
             )
-            prewarm_sample = recorder.prewarm(
-                options, self.config.guard, run_index=step.round, on_progress=on_progress
-            )
+            with self.config.interrupt.polled() as cancel:
+                prewarm_sample = recorder.prewarm(
+                    options,
+                    self.config.guard,
+                    run_index=step.round,
+                    on_progress=on_progress,
+                    cancel=cancel,
+                )
             self.samples.append(prewarm_sample)
+            self.config.interrupt.check()
         sample = recorder.measure(step.mode, prewarm_sample=prewarm_sample, run_index=step.round)
         self.samples.append(sample)
         if step.mode in (Mode.COLD, Mode.PREWARM_COLD):

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
-import pydantic
 import structlog
 
 from controller.commands.common import Formatter
+from controller.commands.flags import given, load_settings
+from controller.interrupts import Interrupted
 from controller.settings import ControllerSettings
 from exporter import __version__
 from exporter.errors import UserError
 from exporter.logconfig import configure_logging
+
+log = structlog.get_logger("pagewarm")
 
 # Each module has register(subparsers); its parser sets func=run(args, settings) and may
 # set settings_class to a subclass of ControllerSettings.
@@ -66,6 +71,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         help="log rendering (default: $PAGEWARM_LOG_FORMAT or auto: console on a terminal)",
     )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="debug logs, and the traceback of an error (also PAGEWARM_LOG_LEVEL=debug)",
+    )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for name in command_modules(argv):
         importlib.import_module(name).register(subparsers)
@@ -106,29 +116,60 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command; every way it can end is one line and an exit status: a user's
+    mistake 2, an I/O failure 1, a signal 128 + its number. --debug (or
+    PAGEWARM_LOG_LEVEL=debug) adds the traceback."""
     args = parse_args(argv)
-    log = structlog.get_logger("pagewarm")
+    debug = args.debug or os.environ.get("PAGEWARM_LOG_LEVEL", "").strip().lower() == "debug"
     try:
         settings_class: type[ControllerSettings] = getattr(
             args, "settings_class", ControllerSettings
         )
-        settings = settings_class()
-    except pydantic.ValidationError as exc:
-        print(f"pagewarm: invalid setting in the environment:\n{exc}", file=sys.stderr)
+        settings = load_settings(settings_class, given(args))
+    except UserError as exc:
+        print(f"pagewarm: {exc}", file=sys.stderr)
         return 2
-    configure_logging(args.log_format or settings.log_format, args.log_level or settings.log_level)
+    configure_logging(
+        args.log_format or settings.log_format,
+        "debug" if args.debug else args.log_level or settings.log_level,
+    )
+    return run_command(args, settings, debug=debug)
+
+
+def run_command(args: argparse.Namespace, settings: ControllerSettings, *, debug: bool) -> int:
     try:
         return int(args.func(args, settings))
-    except UserError as exc:
-        log.error(str(exc))  # noqa: TRY400 - a user's mistake needs no traceback
-        return 2
     except BrokenPipeError:
         # stdout closed early (`pagewarm status --json | head`): not an error of ours.
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        log.warning("interrupted")
-        return 130
+    except (Interrupted, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        log.warning("interrupted", signal=signal.Signals(signum).name)
+        return 128 + signum
+    except Exception as exc:  # one line; the traceback with --debug
+        status, message = failure(exc)
+        log.error(message, exc_info=debug)  # noqa: TRY400 - the traceback only when asked
+        return status
+
+
+def failure(exc: Exception) -> tuple[int, str]:
+    """The exit status and the line for an error: 2 a user's mistake, 1 an I/O failure
+    (or a bug of ours, named as one)."""
+    if isinstance(exc, UserError):
+        return 2, str(exc)
+    if isinstance(exc, OSError):
+        return 1, describe_os_error(exc)
+    return 1, f"internal error: {type(exc).__name__}: {exc} (--debug shows where)"
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``path: reason`` (both paths for a rename), as the user can act on it."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return reason
+    where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+    return f"{where}: {reason}"
 
 
 if __name__ == "__main__":

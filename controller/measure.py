@@ -9,6 +9,7 @@ answers 200 (optionally from a command's start), or a command to its exit
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -186,13 +187,16 @@ class Measurer:
         *,
         run_index: int | None = None,
         on_progress: Callable[[int], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> Sample:
+        """Warm and record it (a cancelled warm too: its sample says partial)."""
         result = prewarm(
             self.weight_set,
             options,
             probe=self.probe,
             guard=MemoryGuard(guard.reserve_bytes, enabled=guard.enabled),
             on_progress=(lambda p: on_progress(p.done_bytes)) if on_progress else None,
+            cancel=cancel,
         )
         sample = self.header.prewarm_sample(result, {"run_index": run_index})
         self._record(sample)

@@ -28,11 +28,13 @@ class CommonSettings(BaseSettings):
         validation_alias=AliasChoices("PAGEWARM_MODEL_PATH", "MODEL_PATH"),
         description="The model directory (or one weight file).",
     )
-    weight_patterns: tuple[str, ...] = Field(
-        default=DEFAULT_WEIGHT_PATTERNS, description="Glob patterns of weight files."
+    weight_patterns: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_WEIGHT_PATTERNS,
+        description="Glob patterns of weight files (JSON list or a,b,c).",
     )
-    metadata_patterns: tuple[str, ...] = Field(
-        default=DEFAULT_METADATA_PATTERNS, description="Glob patterns of index/config files."
+    metadata_patterns: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_METADATA_PATTERNS,
+        description="Glob patterns of index/config files (JSON list or a,b,c).",
     )
     cross_filesystems: bool = Field(
         default=False,
@@ -50,6 +52,20 @@ class CommonSettings(BaseSettings):
         default="auto", description="auto: console on a terminal, JSON otherwise."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("weight_patterns", "metadata_patterns", mode="before")
+    @classmethod
+    def _split_patterns(cls, value: Any) -> Any:
+        # PAGEWARM_WEIGHT_PATTERNS='*.safetensors' as people write it, or a JSON list.
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text.startswith("["):
+            return [part.strip() for part in text.split(",") if part.strip()]
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"neither a JSON list nor patterns a,b,c: {exc}") from None
 
     @field_validator("model_path", mode="before")
     @classmethod

@@ -6,8 +6,11 @@ import argparse
 import os
 import random
 from pathlib import Path
+from typing import Annotated, Any
 
 import structlog
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from controller.bench import (
     DEFAULT_MODES,
@@ -17,14 +20,15 @@ from controller.bench import (
     BenchError,
     Variant,
 )
-from controller.commands import common
+from controller.commands import common, flags
 from controller.commands.measure import add_load_options, build_measurer, show_unsaved
 from controller.commands.prewarm import add_prewarm_options, options_from
+from controller.interrupts import Interrupt, Interrupted, interruptible
 from controller.measure import UnsavedSampleError
-from controller.prewarm import resolve_strategy
+from controller.prewarm import Strategy, resolve_strategy
 from controller.report import headline, write_report
 from controller.scheduler import SchedulerError, TerminatedError
-from controller.settings import BenchSettings
+from controller.settings import BenchSettings, Threads
 from controller.writable import check_directory
 from exporter.samples import Mode
 
@@ -47,6 +51,9 @@ model's disk: only with this flag, only where the scheduler file is writable (ro
 the original scheduler is always restored (also on Ctrl-C and SIGTERM; after a crash,
 `pagewarm scheduler restore`). Without permission it runs under the current scheduler and
 says what it would have tested.
+
+SIGINT/SIGTERM: a pre-warm in progress is cancelled and recorded (partial), a load in
+progress is abandoned (not recorded); exit status 130/143.
 
 --prewarm-variants compares pre-warm strategies in one bench (prewarm_* modes run once per
 variant per round); the report shows each.
@@ -89,7 +96,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=common.Formatter,
     )
     common.add_model_path(parser)
-    parser.add_argument("--runs", type=int, default=3, help="runs per mode")
+    flags.setting_flag(
+        parser, "--runs", settings=BenchCommandSettings, setting="bench_runs", help="runs per mode"
+    )
     parser.add_argument(
         "--modes",
         type=_modes,
@@ -111,33 +120,59 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=(),
         help="I/O schedulers to compare, e.g. none,mq-deadline (switches and restores)",
     )
-    parser.add_argument(
+    flags.setting_flag(
+        parser,
         "--prewarm-variants",
-        type=_names,
-        default=None,
+        settings=BenchCommandSettings,
+        setting="bench_prewarm_variants",
         metavar="STRATEGY:THREADS,...",
-        help="pre-warm configurations to compare, e.g. populate:1,read:8 "
-        "(default: the one --strategy/--threads give)",
+        default="the one --strategy/--threads give",
+        help="pre-warm configurations to compare, e.g. populate:1,read:8",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="write the report into this directory"
     )
     add_load_options(parser)
     add_prewarm_options(parser)
-    parser.set_defaults(func=run, settings_class=BenchSettings, takes_command=True)
+    parser.set_defaults(func=run, settings_class=BenchCommandSettings, takes_command=True)
 
 
-def _config(args: argparse.Namespace, settings: BenchSettings) -> BenchConfig:
-    if args.runs < 1:
-        raise common.UsageError("--runs must be at least 1")
+class VariantSpec(BaseModel):
+    """STRATEGY:THREADS, with the bounds of --strategy and --threads."""
+
+    strategy: Strategy
+    threads: Threads = 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            name, _, threads = value.partition(":")
+            return {"strategy": name.strip(), "threads": threads.strip() or 1}
+        return value
+
+
+class BenchCommandSettings(BenchSettings):
+    bench_runs: int = Field(default=3, ge=1, description="Runs per mode.")
+    bench_prewarm_variants: Annotated[tuple[VariantSpec, ...], NoDecode] = Field(
+        default=(), description="Pre-warm configurations to compare (a,b,c)."
+    )
+
+    @field_validator("bench_prewarm_variants", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+def _config(
+    args: argparse.Namespace, settings: BenchCommandSettings, interrupt: Interrupt
+) -> BenchConfig:
     options, guard = options_from(args, settings)
-    try:
-        variants = tuple(Variant.parse(v) for v in args.prewarm_variants or ())
-    except BenchError as exc:
-        raise common.UsageError(str(exc)) from None
-    if not variants:
-        variants = (Variant(resolve_strategy(options.strategy), options.threads),)
-    variants = tuple(Variant(resolve_strategy(v.strategy), v.threads) for v in variants)
+    variants = tuple(
+        Variant(resolve_strategy(v.strategy), v.threads) for v in settings.bench_prewarm_variants
+    ) or (Variant(resolve_strategy(options.strategy), options.threads),)
     if args.drop_caches:
         if os.geteuid() != 0:
             raise common.UsageError("--drop-caches needs root (it writes /proc/sys/vm/drop_caches)")
@@ -148,7 +183,7 @@ def _config(args: argparse.Namespace, settings: BenchSettings) -> BenchConfig:
     default_modes = SCHEDULER_MODES if args.schedulers else DEFAULT_MODES
     return BenchConfig(
         modes=args.modes or default_modes,
-        runs=args.runs,
+        runs=settings.bench_runs,
         seed=args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31),
         options=options,
         guard=guard,
@@ -156,24 +191,26 @@ def _config(args: argparse.Namespace, settings: BenchSettings) -> BenchConfig:
         schedulers=args.schedulers,
         drop_caches=args.drop_caches,
         journal=settings.scheduler_journal,
+        interrupt=interrupt,
     )
 
 
-def run(args: argparse.Namespace, settings: BenchSettings) -> int:
-    weight_set = common.weight_set(args, settings)
-    config = _config(args, settings)
+def run(args: argparse.Namespace, settings: BenchCommandSettings) -> int:
     if args.out is not None:  # before the bench: its report must not be lost at the end
         check_directory(args.out, "--out")
+    weight_set = common.weight_set(args, settings)
     measurer = build_measurer(args, settings, weight_set, "bench")
     try:
-        result = Bench(measurer, config).run()
+        with interruptible() as interrupt:
+            result = Bench(measurer, _config(args, settings, interrupt)).run()
     except (BenchError, SchedulerError) as exc:
         raise common.UsageError(str(exc)) from None
     except UnsavedSampleError as exc:
         # The samples before it are stored; the bench stops at the store's first refusal.
         return show_unsaved(exc)
-    except TerminatedError as exc:
-        # The finally-blocks have run (scheduler restored); the samples so far are stored.
+    except (TerminatedError, Interrupted) as exc:
+        # The finally-blocks have run (scheduler restored); the samples so far, a cancelled
+        # pre-warm's included, are stored.
         log.warning("bench stopped", reason=str(exc), store=str(measurer.store.path))
         return 128 + exc.signum
     loads = [s for s in result.samples if s.kind == "load"]

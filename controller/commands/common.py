@@ -8,13 +8,15 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
+from controller.commands import flags
 from controller.units import format_rate, parse_size
 from exporter.errors import UserError
 from exporter.residency import ResidencyProbe
@@ -55,16 +57,25 @@ def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 
-def add_samples(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "") -> None:
-    """--samples FILE: the JSONL sample store (default: the ``samples`` setting)."""
-    parser.add_argument(
+def add_samples(parser: flags.Container, what: str = "") -> None:
+    """--samples FILE: the JSONL sample store (the ``samples`` setting)."""
+    flags.setting_flag(
+        parser,
         "--samples",
-        type=Path,
-        default=None,
+        settings=CommonSettings,
+        setting="samples",
         metavar="FILE",
-        help=f"the JSONL sample store{what} (default: $PAGEWARM_SAMPLES or "
-        "~/.local/state/pagewarm/samples.jsonl)",
+        default="~/.local/state/pagewarm/samples.jsonl",
+        help=f"the JSONL sample store{what}",
     )
+
+
+def add_server_options(parser: flags.Container, serves: str, what: str = "") -> None:
+    """--host, --port, --samples of a server (exporter, sidecar)."""
+    bound = partial(flags.setting_flag, parser, settings=ExporterSettings)
+    bound("--host", setting="host", help="address to listen on")
+    bound("--port", setting="port", help=f"port of {serves}, 0 for any free one")
+    add_samples(parser, what)
 
 
 def size_arg(text: str) -> int:
@@ -72,22 +83,6 @@ def size_arg(text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-ServerSettingsT = TypeVar("ServerSettingsT", bound=ExporterSettings)
-
-
-def server_settings(
-    args: argparse.Namespace, settings: ServerSettingsT, flags: Mapping[str, object]
-) -> ServerSettingsT:
-    """A server command's settings: its ``flags`` and the shared --host, --port and
-    --samples win over the environment, where given (not None). The flags were checked by
-    their argparse types, the port's range here (model_copy does not validate)."""
-    given = {"host": args.host, "port": args.port, "samples": args.samples, **flags}
-    applied = settings.model_copy(update={k: v for k, v in given.items() if v is not None})
-    if not 0 <= applied.port <= 65535:
-        raise UsageError(f"--port {applied.port} is not a port (0..65535)")
-    return applied
 
 
 def model_path(args: argparse.Namespace, settings: CommonSettings) -> Path:
@@ -121,6 +116,17 @@ def weight_set(args: argparse.Namespace, settings: CommonSettings) -> WeightSet:
 
 def probe(settings: CommonSettings) -> ResidencyProbe:
     return ResidencyProbe(settings.residency_method)
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError raised inside names ``path`` when it names no file (a read's EIO)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.strerror:
+            exc.filename = str(path)
+        raise
 
 
 def print_json(document: Any) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+from functools import partial
 from pathlib import Path
 
 import structlog
 
-from controller.commands import common
+from controller.commands import common, flags
 from exporter.models import ModelSources, ModelSpec
 from exporter.settings import ExporterSettings
 
@@ -66,53 +67,45 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="PATH",
         help="a model to watch; repeat for several (default: $MODEL_PATH, $PAGEWARM_MODEL_PATHS)",
     )
-    parser.add_argument(
+    flag = partial(flags.setting_flag, parser, settings=ExporterSettings)
+    flag(
         "--models-dir",
-        type=Path,
-        default=None,
+        setting="models_dir",
         metavar="DIR",
-        help="watch every model in DIR: each subdirectory, or each Hugging Face cache entry "
-        "(default: $PAGEWARM_MODELS_DIR)",
+        help="watch every model in DIR: each subdirectory, or each Hugging Face cache entry",
     )
-    parser.add_argument(
+    flag(
         "--model-name",
-        default=None,
+        setting="model_name",
         metavar="NAME",
-        help="the model label, when one model path is given (default: from the path)",
+        default="from the path",
+        help="the model label, when one model path is given",
     )
-    parser.add_argument(
-        "--host", default=None, help="address to listen on (default: $PAGEWARM_HOST or 0.0.0.0)"
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=None,
-        help="port to listen on, 0 for any free one (default: $PAGEWARM_PORT or 9741)",
-    )
-    common.add_samples(parser, " to read load times from")
-    parser.add_argument(
+    common.add_server_options(parser, "/metrics", " to read load times from")
+    flags.setting_switch(
+        parser,
         "--per-file-series",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="series per weight file (pagewarm_file_*{model,file}) besides the per-model ones "
-        "(default: $PAGEWARM_PER_FILE_SERIES, else on for models named one by one, off "
-        "with --models-dir)",
+        settings=ExporterSettings,
+        setting="per_file_series",
+        help="series per weight file (pagewarm_file_*{model,file}) besides the per-model "
+        "ones; unset: on for models named one by one, off with --models-dir",
     )
-    parser.add_argument(
+    flag(
         "--file-series-limit",
-        type=int,
-        default=None,
+        setting="file_series_limit",
         metavar="N",
-        help="per-file series per model at most, 0 for none (default: 256)",
+        help="per-file series per model at most, 0 for none",
     )
     parser.set_defaults(func=run, settings_class=ExporterSettings)
 
 
 def sources_from(args: argparse.Namespace, settings: ExporterSettings) -> ModelSources:
     """Models from the flags when any is given, else from the environment."""
+    given = flags.given(args)
     flag_paths = [*([args.model_path] if args.model_path else []), *args.model_paths]
-    if flag_paths or args.models_dir:
-        paths, models_dir = list(dict.fromkeys(flag_paths)), args.models_dir
+    if flag_paths or "models_dir" in given:
+        paths = list(dict.fromkeys(flag_paths))
+        models_dir = settings.models_dir if "models_dir" in given else None
     else:
         from_env = ModelSources.from_settings(settings)
         paths, models_dir = [m.path for m in from_env.models], from_env.models_dir
@@ -121,29 +114,20 @@ def sources_from(args: argparse.Namespace, settings: ExporterSettings) -> ModelS
             "no models to watch: give --model-path PATH (repeatable) or --models-dir DIR, "
             "or set MODEL_PATH, PAGEWARM_MODEL_PATHS or PAGEWARM_MODELS_DIR"
         )
-    if args.model_name and len(paths) != 1:
+    if models_dir is not None and models_dir.exists() and not models_dir.is_dir():
+        # Missing is fine (a volume mounted later); a file never holds models.
+        raise common.UsageError(f"models directory {models_dir} is not a directory")
+    if "model_name" in given and len(paths) != 1:
         raise common.UsageError(
             f"--model-name names one model, but {len(paths)} model paths are given; "
             "without it each model is named after its path"
         )
-    if args.file_series_limit is not None and args.file_series_limit < 0:
-        raise common.UsageError("--file-series-limit must be 0 or more")
-    name = (args.model_name or settings.model_name) if len(paths) == 1 else None
+    name = settings.model_name if len(paths) == 1 else None
     return ModelSources(tuple(ModelSpec(p, name) for p in paths), models_dir)
-
-
-def settings_from(args: argparse.Namespace, settings: ExporterSettings) -> ExporterSettings:
-    """Flags win over the environment."""
-    return common.server_settings(
-        args,
-        settings,
-        {"file_series_limit": args.file_series_limit, "per_file_series": args.per_file_series},
-    )
 
 
 def run(args: argparse.Namespace, settings: ExporterSettings) -> int:
     sources = sources_from(args, settings)
-    settings = settings_from(args, settings)
     log.info(
         "exporter starting",
         models=[str(m.path) for m in sources.models],

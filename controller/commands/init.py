@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
-from types import FrameType
 
 import structlog
 from pydantic import Field
 
-from controller.commands import common
+from controller.commands import common, flags
 from controller.commands.prewarm import (
     add_prewarm_options,
     exit_status,
     prewarm_with_progress,
     report,
 )
+from controller.interrupts import interruptible
 from controller.prewarm import PrewarmResult
 from controller.samplestore import SampleStore
 from controller.sampling import SampleHeader, Setup
@@ -41,16 +39,14 @@ to the init container's cgroup (the pod's) after it exits.
 exit status: 0 warmed (also partial because of the memory budget), 1 some files could
 not be read, files changed before their turn (warmed as they are now), or no memory
 budget at all (the reserve is larger than the headroom: nothing could be warmed), 2
-MODEL_PATH unusable (missing, not readable, no weight files) or bad input, 143 stopped by
-SIGTERM before the warm finished.
+MODEL_PATH unusable (missing, not readable, no weight files) or bad input, 130/143
+stopped by SIGINT/SIGTERM before the warm finished (the partial warm is recorded).
 
 examples:
   pagewarm init /models/llama-3-8b
   MODEL_PATH=/models/llama-3-8b pagewarm init --reserve 2GiB
   pagewarm init /models/llama-3-8b --rate-limit 500MiB --samples /state/samples.jsonl
 """
-
-EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 class InitSettings(BenchSettings):
@@ -65,10 +61,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=common.Formatter,
     )
     common.add_model_path(parser)
-    parser.add_argument(
+    flags.setting_flag(
+        parser,
         "--model-name",
-        default=None,
-        help="the model label in the sample (default: $PAGEWARM_MODEL_NAME or from the path)",
+        settings=InitSettings,
+        setting="model_name",
+        metavar="NAME",
+        default="from the path",
+        help="the model label in the sample",
     )
     common.add_samples(parser)
     add_prewarm_options(parser)
@@ -78,38 +78,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace, settings: InitSettings) -> int:
     weight_set = common.weight_set(args, settings)
-    cancel = threading.Event()
-
-    def terminated(signum: int, frame: FrameType | None) -> None:
-        log.warning("SIGTERM: stopping the warm")
-        cancel.set()
-
-    previous = signal.signal(signal.SIGTERM, terminated)
-    try:
+    with interruptible() as interrupt, interrupt.polled() as cancel:
         result = prewarm_with_progress(weight_set, args, settings, cancel)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    _record(args, settings, weight_set, result)
+    _record(settings, weight_set, result)
     report(result, as_json=args.json)
-    if cancel.is_set():
-        return EXIT_TERMINATED
+    if interrupt.exit_status is not None:
+        return interrupt.exit_status
     return exit_status(result)
 
 
-def _record(
-    args: argparse.Namespace, settings: InitSettings, weight_set: WeightSet, result: PrewarmResult
-) -> None:
+def _record(settings: InitSettings, weight_set: WeightSet, result: PrewarmResult) -> None:
     """A pre-warm sample; a store that cannot be written (read-only root filesystem without
     a state volume) costs the sample, never the warm."""
     context = SampleContext(
         SampleHeader(
             source="init",
-            model=ModelSpec(weight_set.root, args.model_name or settings.model_name).label,
+            model=ModelSpec(weight_set.root, settings.model_name).label,
             weight_set=weight_set,
             setup=Setup.detect(weight_set.root, settings.sysfs_root),
         )
     )
-    store = SampleStore(args.samples or settings.samples)
+    store = SampleStore(settings.samples)
     try:
         store.append(prewarm_sample(context, result))
     except OSError as exc:

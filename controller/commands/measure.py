@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from functools import partial
 
 import structlog
 
-from controller.commands import common
+from controller.commands import common, flags
 from controller.commands.prewarm import add_prewarm_options, options_from
 from controller.evict import evict
+from controller.interrupts import Interrupt, interruptible
 from controller.loaders import LOADERS
 from controller.measure import LoadTarget, MeasureError, Measurer, UnsavedSampleError
 from controller.samplestore import SampleStore
@@ -41,7 +44,8 @@ the files, a corrupt safetensors header, or a store that cannot be written (a di
 refuses the sample after the load gets it printed on stdout (one JSON line) instead.
 
 exit status: 0 the load succeeded, 1 it failed or timed out, or the store refused its
-sample (printed on stdout), 2 bad input.
+sample (printed on stdout), 2 bad input, 130/143 stopped by SIGINT/SIGTERM (a --prewarm
+in progress is cancelled and recorded as partial).
 
 examples:
   pagewarm measure /models/llama-3-8b --evict --mode cold
@@ -67,14 +71,18 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="built-in loader (default: safetensors, unless --url or a command is given)",
     )
-    group.add_argument("--url", help="time until this URL answers 200 (vLLM: .../health)")
-    group.add_argument(
+    bound = partial(flags.setting_flag, group, settings=BenchSettings)
+    bound(
+        "--url",
+        setting="load_url",
+        metavar="URL",
+        help="time until this http(s) URL answers 200 (vLLM: .../health)",
+    )
+    bound(
         "--timeout",
-        type=float,
-        default=None,
+        setting="load_timeout_seconds",
         metavar="SECONDS",
-        help="stop a URL or command load after this long: outcome timed_out "
-        "(default: $PAGEWARM_LOAD_TIMEOUT_SECONDS or 1800)",
+        help="stop a URL or command load after this long: outcome timed_out",
     )
     group.add_argument("--model-name", help="the model's name in samples (default: from the path)")
     common.add_samples(group)
@@ -114,15 +122,12 @@ def build_measurer(
 ) -> Measurer:
     command = tuple(getattr(args, "command", None) or ())
     try:
-        target = LoadTarget.build(args.loader, args.url, command)
+        target = LoadTarget.build(args.loader, settings.load_url, command)
     except MeasureError as exc:
         raise common.UsageError(str(exc)) from None
     target.check_files(weight_set)
-    store = SampleStore(args.samples or settings.samples)
+    store = SampleStore(settings.samples)
     store.check_writable()  # before the load: a store that refuses the sample loses it
-    timeout = args.timeout if args.timeout is not None else settings.load_timeout_seconds
-    if timeout <= 0:
-        raise common.UsageError("--timeout must be positive")
     return Measurer(
         header=SampleHeader(
             source=source,
@@ -133,7 +138,7 @@ def build_measurer(
         target=target,
         probe=common.probe(settings),
         store=store,
-        timeout=timeout,
+        timeout=settings.load_timeout_seconds,
     )
 
 
@@ -160,17 +165,42 @@ def _measure(
     if args.evict:
         evict(weight_set, measurer.probe)
     prewarm_sample = None
-    if args.prewarm:
-        options, guard = options_from(args, settings)
-        with common.progress("prewarm", weight_set.total_bytes) as update:
-            prewarm_sample = measurer.prewarm(options, guard, on_progress=update)
-    with common.progress("load", weight_set.total_bytes) as update:
-        try:
-            sample = measurer.measure(args.mode, prewarm_sample=prewarm_sample, on_progress=update)
-        except ModeError as exc:
-            raise common.UsageError(str(exc)) from None
+    with interruptible() as interrupt:
+        if args.prewarm:
+            prewarm_sample = _prewarm(args, settings, measurer, interrupt)
+        with common.progress("load", weight_set.total_bytes) as update:
+            sample = _load(args, measurer, prewarm_sample, update)
     print_sample(sample, prewarm_sample, as_json=args.json, store=str(measurer.store.path))
     return 0 if sample.outcome == "ok" else 1
+
+
+def _prewarm(
+    args: argparse.Namespace, settings: BenchSettings, measurer: Measurer, interrupt: Interrupt
+) -> Sample:
+    """The recorded pre-warm before the load; a signal cancels it, records it (partial)
+    and stops the command (Interrupted: exit status 130/143)."""
+    options, guard = options_from(args, settings)
+    with (
+        common.progress("prewarm", measurer.weight_set.total_bytes) as update,
+        interrupt.polled() as cancel,
+    ):
+        sample = measurer.prewarm(options, guard, on_progress=update, cancel=cancel)
+    if interrupt.signum is not None:
+        print(f"pre-warm cancelled after {sample.seconds:.3f} s: recorded in {measurer.store.path}")
+    interrupt.check()
+    return sample
+
+
+def _load(
+    args: argparse.Namespace,
+    measurer: Measurer,
+    prewarm_sample: Sample | None,
+    update: Callable[[int], None],
+) -> Sample:
+    try:
+        return measurer.measure(args.mode, prewarm_sample=prewarm_sample, on_progress=update)
+    except ModeError as exc:
+        raise common.UsageError(str(exc)) from None
 
 
 def print_sample(

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import threading
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 import structlog
 
-from controller.commands import common
+from controller.commands import common, flags
+from controller.interrupts import interruptible
 from controller.memguard import MemoryGuard
-from controller.prewarm import PrewarmOptions, PrewarmResult, Strategy, prewarm
-from controller.profile.replay import DEFAULT_IO_DEPTH, ReplayProgress, ReplayResult, replay
+from controller.prewarm import PrewarmOptions, PrewarmResult, prewarm
+from controller.profile.replay import ReplayProgress, ReplayResult, replay
 from controller.profile.schema import ProfileError, load
 from controller.settings import ControllerSettings
 from controller.units import format_bytes, format_rate, format_ratio
@@ -40,7 +41,8 @@ warmed as it is now, and named in the result.
 
 exit status: 0 warmed (or partial because of the memory budget), 1 some files failed
 (truncated, replaced or unreadable mid-warm; the rest were warmed), files changed before
-their turn, or no memory budget at all, 2 bad input.
+their turn, or no memory budget at all, 2 bad input, 130/143 cancelled by SIGINT/SIGTERM
+(within one step; the partial result is printed).
 
 --profile FILE replays an engine's start-up profile first (`pagewarm profile record`):
 its libraries and configuration, in the order the engine reads them, with --io-depth
@@ -78,96 +80,86 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DIR",
         help="where the profile's paths are (an engine's root: /proc/PID/root)",
     )
-    profile.add_argument(
+    flags.setting_flag(
+        profile,
         "--io-depth",
-        type=int,
-        default=DEFAULT_IO_DEPTH,
+        settings=ControllerSettings,
+        setting="startup_profile_io_depth",
         metavar="N",
-        help="reads in flight while replaying the profile",
+        help="reads in flight while replaying the profile, 1 to 64",
     )
     common.add_json(parser)
     parser.set_defaults(func=run)
 
 
 def add_prewarm_options(parser: argparse.ArgumentParser) -> None:
-    """The engine's knobs (also used by init, sidecar and bench); defaults from settings."""
+    """The engine's knobs (also used by init, sidecar, measure and bench): each flag sets
+    its PAGEWARM_PREWARM_* setting, through the settings' validation."""
     group = parser.add_argument_group("pre-warm")
-    group.add_argument(
-        "--strategy",
-        type=Strategy,
-        choices=list(Strategy),
-        default=None,
-        help="how to read (default: $PAGEWARM_PREWARM_STRATEGY or auto)",
+    bound = partial(flags.setting_flag, group, settings=ControllerSettings)
+    bound(
+        "--strategy", setting="prewarm_strategy", metavar="{auto,populate,read}", help="how to read"
     )
-    group.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="parallel readers (default: $PAGEWARM_PREWARM_THREADS or 8)",
-    )
-    group.add_argument(
+    bound("--threads", setting="prewarm_threads", metavar="N", help="parallel readers, 1 to 256")
+    bound(
         "--chunk",
-        type=common.size_arg,
-        default=None,
-        help="work unit handed to a thread (default 64MiB)",
+        setting="prewarm_chunk_bytes",
+        metavar="SIZE",
+        default="64MiB",
+        help="work unit handed to a thread, at least 1MiB",
     )
-    group.add_argument(
+    bound(
         "--reserve",
-        type=common.size_arg,
-        default=None,
-        help="memory always left free (default: $PAGEWARM_PREWARM_RESERVE_BYTES or 256MiB)",
+        setting="prewarm_reserve_bytes",
+        metavar="SIZE",
+        default="256MiB",
+        help="memory always left free",
     )
-    group.add_argument(
-        "--no-memory-guard",
-        action="store_true",
-        help="warm everything even past the memory budget (the kernel then evicts)",
-    )
-    group.add_argument(
+    bound(
         "--rate-limit",
-        type=common.size_arg,
-        default=None,
+        setting="prewarm_rate_limit_bytes",
         metavar="BYTES_PER_S",
         help="read at most this many bytes per second, e.g. 200MiB",
+    )
+    flags.setting_switch(
+        group,
+        "--no-memory-guard",
+        settings=ControllerSettings,
+        setting="prewarm_memory_guard",
+        value=False,
+        help="warm everything even past the memory budget (the kernel then evicts)",
     )
     group.add_argument(
         "--all", action="store_true", help="touch every range, also those already resident"
     )
 
 
-T = TypeVar("T")
-
-
-def _flag_or(flag: T | None, setting: T) -> T:
-    return setting if flag is None else flag
-
-
 def options_from(
     args: argparse.Namespace, settings: ControllerSettings
 ) -> tuple[PrewarmOptions, MemoryGuard]:
-    """Flags win over settings (environment), settings over built-in defaults."""
+    """The warm the settings (flags applied) describe."""
     options = PrewarmOptions(
-        strategy=_flag_or(args.strategy, settings.prewarm_strategy),
-        threads=_flag_or(args.threads, settings.prewarm_threads),
-        chunk_bytes=_flag_or(args.chunk, settings.prewarm_chunk_bytes),
+        strategy=settings.prewarm_strategy,
+        threads=settings.prewarm_threads,
+        chunk_bytes=settings.prewarm_chunk_bytes,
         only_missing=not args.all,
-        rate_limit_bytes_per_second=_flag_or(args.rate_limit, settings.prewarm_rate_limit_bytes),
+        rate_limit_bytes_per_second=settings.prewarm_rate_limit_bytes,
     )
-    if options.threads < 1:
-        raise common.UsageError("--threads must be at least 1")
-    guard = MemoryGuard(
-        _flag_or(args.reserve, settings.prewarm_reserve_bytes),
-        enabled=settings.prewarm_memory_guard and not args.no_memory_guard,
-    )
+    guard = MemoryGuard(settings.prewarm_reserve_bytes, enabled=settings.prewarm_memory_guard)
     return options, guard
 
 
 def run(args: argparse.Namespace, settings: ControllerSettings) -> int:
     weight_set = common.weight_set(args, settings)
-    startup = replay_profile(args, settings) if args.profile else None
-    result = prewarm_with_progress(weight_set, args, settings)
+    # SIGINT, SIGTERM: the warm stops within one step; its partial result is printed.
+    with interruptible() as interrupt, interrupt.polled() as cancel:
+        startup = replay_profile(args, settings, cancel) if args.profile else None
+        result = prewarm_with_progress(weight_set, args, settings, cancel)
     if startup is not None and not args.json:
         report_replay(startup)
     report(result, as_json=args.json, startup=startup)
+    if interrupt.exit_status is not None:
+        return interrupt.exit_status
     return exit_status(result)
 
 
@@ -177,9 +169,9 @@ def exit_status(result: PrewarmResult) -> int:
     return 1 if result.failed or result.changed_files else 0
 
 
-def replay_profile(args: argparse.Namespace, settings: ControllerSettings) -> ReplayResult:
-    if args.io_depth < 1:
-        raise common.UsageError("--io-depth must be at least 1")
+def replay_profile(
+    args: argparse.Namespace, settings: ControllerSettings, cancel: threading.Event
+) -> ReplayResult:
     try:
         profile = load(args.profile)
         root = FileRoot(args.profile_root)
@@ -193,9 +185,10 @@ def replay_profile(args: argparse.Namespace, settings: ControllerSettings) -> Re
         return replay(
             profile,
             root,
-            io_depth=args.io_depth,
+            io_depth=settings.startup_profile_io_depth,
             probe=common.probe(settings),
             guard=guard,
+            cancel=cancel,
             progress=progress,
             on_progress=lambda: update(progress.done_bytes),
         )

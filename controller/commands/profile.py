@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
+from functools import partial
 from pathlib import Path
 
 import structlog
+from pydantic import Field
 
-from controller.commands import common
+from controller.commands import common, flags
 from controller.profile.recorder import DEFAULT_INTERVAL_SECONDS
 from controller.profile.schema import (
     DEFAULT_MAX_BYTES,
@@ -19,7 +20,7 @@ from controller.profile.schema import (
     save,
 )
 from controller.profile.session import RecordError, RecordOptions, record_command
-from controller.settings import ControllerSettings
+from controller.settings import ControllerSettings, HttpUrl, Size
 from controller.units import format_bytes
 from controller.writable import check_directory, check_file
 from exporter.models import ModelSpec
@@ -73,25 +74,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     common.add_model_path(record)
     record.add_argument("--out", type=Path, required=True, help="the profile (.gz: gzip'd)")
-    record.add_argument(
+    flag = partial(flags.setting_flag, record, settings=ProfileSettings)
+    flag(
         "--engine",
-        default=None,
-        help="the engine part of the profile's key: its image (default: "
-        "$PAGEWARM_ENGINE_IMAGE, else the command's name)",
+        setting="engine_image",
+        metavar="NAME",
+        default="the command's name",
+        help="the engine part of the profile's key: its image",
     )
     record.add_argument("--model-name", help="the model part of the key (default: from the path)")
-    record.add_argument("--ready-url", help="the start-up ends when this URL answers 200")
-    record.add_argument(
+    flag(
+        "--ready-url",
+        setting="profile_ready_url",
+        metavar="URL",
+        help="the start-up ends when this http(s) URL answers 200",
+    )
+    flag(
         "--timeout",
-        type=float,
-        default=1800.0,
+        setting="profile_timeout_seconds",
         metavar="SECONDS",
         help="give up when the start-up has not ended by then",
     )
-    record.add_argument(
+    flag(
         "--interval",
-        type=float,
-        default=DEFAULT_INTERVAL_SECONDS,
+        setting="profile_interval_seconds",
         metavar="SECONDS",
         help="time between two looks: the resolution of the recorded order",
     )
@@ -102,28 +108,49 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DIR",
         help="another directory to watch from the start (repeatable)",
     )
-    record.add_argument(
+    flag(
         "--max-bytes",
-        type=common.size_arg,
-        default=DEFAULT_MAX_BYTES,
+        setting="profile_max_bytes",
+        metavar="SIZE",
+        default="1MiB",
         help="the file's size at most (merges ranges, then drops the last entries; "
         "a ConfigMap holds 1MiB)",
     )
     common.add_json(record)
-    record.set_defaults(func=run_record, takes_command=True)
+    record.set_defaults(func=run_record, settings_class=ProfileSettings, takes_command=True)
     show = actions.add_parser("show", help="print a profile", formatter_class=common.Formatter)
     show.add_argument("file", type=Path, help="the profile")
-    show.add_argument("--entries", type=int, default=10, help="how many of the largest to list")
+    flags.setting_flag(
+        show,
+        "--entries",
+        settings=ProfileSettings,
+        setting="profile_entries",
+        metavar="N",
+        help="how many of the largest to list",
+    )
     common.add_json(show)
-    show.set_defaults(func=run_show)
+    show.set_defaults(func=run_show, settings_class=ProfileSettings)
+
+
+class ProfileSettings(ControllerSettings):
+    engine_image: str | None = Field(
+        default=None, min_length=1, description="The engine part of a profile's key."
+    )
+    profile_ready_url: HttpUrl | None = Field(
+        default=None, description="A recorded start-up ends when this URL answers 200."
+    )
+    profile_timeout_seconds: float = Field(default=1800.0, gt=0)
+    profile_interval_seconds: float = Field(default=DEFAULT_INTERVAL_SECONDS, gt=0)
+    profile_max_bytes: Size = Field(default=DEFAULT_MAX_BYTES, ge=1)
+    profile_entries: int = Field(default=10, ge=0)
 
 
 def _key(
-    args: argparse.Namespace, settings: ControllerSettings
+    args: argparse.Namespace, settings: ProfileSettings
 ) -> tuple[ProfileKey, frozenset[tuple[int, int]]]:
     """The profile's key, and the weight files to leave out (device, inode)."""
     path = args.model_path or settings.model_path
-    engine = args.engine or os.environ.get("PAGEWARM_ENGINE_IMAGE") or Path(args.command[0]).name
+    engine = settings.engine_image or Path(args.command[0]).name
     if path is None:
         if not args.model_name:
             raise common.UsageError("give MODEL_PATH (its weights are left out) or --model-name")
@@ -134,20 +161,18 @@ def _key(
     return ProfileKey(engine=engine, model=model), exclude
 
 
-def run_record(args: argparse.Namespace, settings: ControllerSettings) -> int:
+def run_record(args: argparse.Namespace, settings: ProfileSettings) -> int:
     if not args.command:
         raise common.UsageError("give the command to record after --")
-    if args.interval <= 0 or args.timeout <= 0:
-        raise common.UsageError("--interval and --timeout must be positive")
     key, exclude = _key(args, settings)
     # Before the recording: a start-up recorded into a path that refuses it is lost.
     check_file(args.out, "--out")
     check_directory(args.out.parent, "--out's directory")  # the atomic rename writes there
     options = RecordOptions(
         key=key,
-        ready_url=args.ready_url,
-        timeout_seconds=args.timeout,
-        interval_seconds=args.interval,
+        ready_url=settings.profile_ready_url,
+        timeout_seconds=settings.profile_timeout_seconds,
+        interval_seconds=settings.profile_interval_seconds,
         exclude=exclude,
         roots=tuple(args.root),
     )
@@ -158,19 +183,24 @@ def run_record(args: argparse.Namespace, settings: ControllerSettings) -> int:
         log.error(str(exc))  # noqa: TRY400 - the reason is the message
         return 1
     try:
-        written = save(profile, args.out, max_bytes=args.max_bytes)
+        written = save(profile, args.out, max_bytes=settings.profile_max_bytes)
     except ProfileError as exc:
         raise common.UsageError(str(exc)) from None
     report(load(args.out), as_json=args.json, written=written, largest=5)
     return 0
 
 
-def run_show(args: argparse.Namespace, settings: ControllerSettings) -> int:
+def run_show(args: argparse.Namespace, settings: ProfileSettings) -> int:
     try:
         profile = load(args.file)
     except ProfileError as exc:
         raise common.UsageError(str(exc)) from None
-    report(profile, as_json=args.json, written=args.file.stat().st_size, largest=args.entries)
+    report(
+        profile,
+        as_json=args.json,
+        written=args.file.stat().st_size,
+        largest=settings.profile_entries,
+    )
     return 0
 
 

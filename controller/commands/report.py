@@ -9,6 +9,7 @@ from pathlib import Path
 
 from controller.commands import common
 from controller.report import write_report
+from controller.writable import check_directory
 from exporter.samples import read_all
 from exporter.settings import CommonSettings
 
@@ -71,8 +72,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace, settings: CommonSettings) -> int:
-    store: Path = args.samples or settings.samples
-    samples = read_all(store)
+    store: Path = settings.samples
+    check_directory(args.out, "--out")  # before reading: one line, not a traceback at the end
+    with common.naming(store):
+        samples = read_all(store)
     if not samples and not (args.out / "storage_load_bench.jsonl").exists():
         raise common.UsageError(
             f"no samples in {store}: record some with `pagewarm bench` or `pagewarm measure`"

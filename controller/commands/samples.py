@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from controller.commands import common
+from pydantic import Field
+
+from controller.commands import common, flags
 from controller.commands.report import add_filters
 from controller.report import filter_samples
 from controller.units import format_ratio
@@ -35,21 +37,33 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_filters(parser)
     parser.add_argument("--kind", choices=("load", "prewarm"), help="only this kind")
-    parser.add_argument("--last", type=int, default=None, metavar="N", help="only the last N")
-    parser.add_argument("--json", action="store_true", help="print JSON lines (one per sample)")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace, settings: CommonSettings) -> int:
-    store: Path = args.samples or settings.samples
-    reader = SampleReader(store)
-    samples = filter_samples(
-        reader.read_new(), model=args.model, since=args.since, bench_id=args.bench
+    flags.setting_flag(
+        parser,
+        "--last",
+        settings=SamplesSettings,
+        setting="samples_last",
+        metavar="N",
+        default="all",
+        help="only the last N",
     )
+    parser.add_argument("--json", action="store_true", help="print JSON lines (one per sample)")
+    parser.set_defaults(func=run, settings_class=SamplesSettings)
+
+
+class SamplesSettings(CommonSettings):
+    samples_last: int | None = Field(default=None, ge=0, description="Only the last N.")
+
+
+def run(args: argparse.Namespace, settings: SamplesSettings) -> int:
+    store: Path = settings.samples
+    reader = SampleReader(store)
+    with common.naming(store):
+        read = reader.read_new()
+    samples = filter_samples(read, model=args.model, since=args.since, bench_id=args.bench)
     if args.kind:
         samples = [s for s in samples if s.kind == args.kind]
-    if args.last is not None:
-        samples = samples[-args.last :] if args.last > 0 else []
+    if settings.samples_last is not None:
+        samples = samples[-settings.samples_last :] if settings.samples_last else []
     if args.json:
         sys.stdout.writelines(s.to_json_line() for s in samples)
     else:

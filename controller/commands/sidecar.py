@@ -6,22 +6,16 @@ import argparse
 import asyncio
 import os
 import sys
-from pathlib import Path
-from typing import Any
+from functools import partial
 
 import structlog
 
-from controller.commands import common
+from controller.commands import common, flags
 from controller.commands.prewarm import add_prewarm_options, options_from
 from controller.sampling import SIDECAR_THRESHOLDS
 from controller.sidecar.app import Sidecar
 from controller.sidecar.gate import GATE_EXAMPLES, GatePolicy
-from controller.sidecar.settings import (
-    DEFAULT_VLLM_PROCESS_PATTERN,
-    SidecarConfig,
-    SidecarSettings,
-)
-from controller.sidecar.vllm import compile_pattern
+from controller.sidecar.settings import SidecarConfig, SidecarSettings
 from exporter.models import ModelSpec
 
 log = structlog.get_logger("pagewarm")
@@ -102,31 +96,6 @@ and the PAGEWARM_PREWARM_* engine settings.
 """
 
 
-def _gate(text: str) -> GatePolicy:
-    try:
-        return GatePolicy.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _pattern(text: str) -> str:
-    try:
-        compile_pattern(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "sidecar",
@@ -136,153 +105,102 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     common.add_model_path(parser)
     gate = parser.add_argument_group("gate")
-    gate.add_argument(
-        "--gate",
-        type=_gate,
-        default=None,
-        metavar="POLICY",
-        help=f"{GATE_EXAMPLES} (default: $PAGEWARM_GATE or full)",
-    )
-    gate.add_argument(
+    flag = partial(flags.setting_flag, gate, settings=SidecarSettings)
+    switch = partial(flags.setting_switch, settings=SidecarSettings)
+    flag("--gate", setting="gate", metavar="POLICY", help=GATE_EXAMPLES)
+    flag(
         "--gate-timeout",
-        type=_seconds,
-        default=None,
+        setting="gate_timeout_seconds",
         metavar="SECONDS",
-        help="open the gate after this long anyway (default: $PAGEWARM_GATE_TIMEOUT_SECONDS "
-        "or 900)",
+        help="open the gate after this long anyway",
     )
-    gate.add_argument(
+    switch(
+        gate,
         "--no-prewarm",
-        dest="prewarm_enabled",
-        action="store_false",
-        default=None,
+        setting="prewarm_enabled",
+        value=False,
         help="do not pre-warm: only time vLLM and serve metrics (the gate opens at once)",
     )
     vllm = parser.add_argument_group("vLLM")
-    vllm.add_argument(
+    flag = partial(flags.setting_flag, vllm, settings=SidecarSettings)
+    flag(
         "--vllm-url",
-        default=None,
+        setting="vllm_health_url",
         metavar="URL",
-        help="vLLM's health URL (default: $PAGEWARM_VLLM_HEALTH_URL or "
-        "http://127.0.0.1:8000/health); 'none': no vLLM to time (keep-warm or metrics only)",
+        help="vLLM's health URL (http or https); 'none': no vLLM to time (keep-warm or "
+        "metrics only)",
     )
-    vllm.add_argument(
-        "--vllm-log", type=Path, default=None, metavar="FILE", help="vLLM's log file (optional)"
-    )
-    vllm.add_argument(
+    flag("--vllm-log", setting="vllm_log", metavar="FILE", help="vLLM's log file (optional)")
+    flag(
         "--vllm-process-pattern",
-        type=_pattern,
-        default=None,
+        setting="vllm_process_pattern",
         metavar="REGEX",
-        help="finds vLLM's process by its command line; '' to not look "
-        f"(default: $PAGEWARM_VLLM_PROCESS_PATTERN or {DEFAULT_VLLM_PROCESS_PATTERN!r})",
+        help="finds vLLM's process by its command line; '' to not look",
     )
-    vllm.add_argument(
+    flag(
         "--load-timeout",
-        type=_seconds,
-        default=None,
+        setting="load_timeout_seconds",
         metavar="SECONDS",
-        help="a vLLM start not healthy after this long is recorded as timed_out "
-        "(default: $PAGEWARM_LOAD_TIMEOUT_SECONDS or 1800)",
+        help="a vLLM start not healthy after this long is recorded as timed_out",
     )
-    vllm.add_argument(
+    flag(
         "--poll-interval",
-        type=_seconds,
-        default=None,
+        setting="health_poll_interval_seconds",
         metavar="SECONDS",
-        help="how often /health and /proc are polled while vLLM loads (default: 0.1)",
+        help="how often /health and /proc are polled while vLLM loads (at most 5)",
     )
-    vllm.add_argument("--model-name", default=None, help="the model label (default: from the path)")
+    flag(
+        "--model-name",
+        setting="model_name",
+        metavar="NAME",
+        default="from the path",
+        help="the model label",
+    )
     keep = parser.add_argument_group("keep-warm")
-    keep.add_argument(
-        "--keep-warm",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="re-warm evicted ranges while running (default: $PAGEWARM_KEEP_WARM or off)",
-    )
-    keep.add_argument(
+    switch(keep, "--keep-warm", setting="keep_warm", help="re-warm evicted ranges while running")
+    flags.setting_flag(
+        keep,
         "--keep-warm-interval",
-        type=_seconds,
-        default=None,
+        settings=SidecarSettings,
+        setting="keep_warm_interval_seconds",
         metavar="SECONDS",
-        help="seconds between two keep-warm passes (default: 5)",
+        help="seconds between two keep-warm passes",
     )
-    keep.add_argument(
-        "--mlock",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="lock the weights in memory (default: $PAGEWARM_MLOCK or off)",
-    )
+    switch(keep, "--mlock", setting="mlock", help="lock the weights in memory")
     startup = parser.add_argument_group("start-up profile")
-    startup.add_argument(
+    flag = partial(flags.setting_flag, startup, settings=SidecarSettings)
+    flag(
         "--startup-profile",
-        type=Path,
-        default=None,
+        setting="startup_profile",
         metavar="PATH",
         help="replay this start-up profile ahead of vLLM (a file, or a directory holding "
-        "one per key); recorded there on the first start when missing "
-        "(default: $PAGEWARM_STARTUP_PROFILE, or none)",
+        "one per key); recorded there on the first start when missing",
     )
-    startup.add_argument(
+    flag(
         "--engine-image",
-        default=None,
+        setting="engine_image",
         metavar="NAME",
-        help="the engine part of the profile's key: vLLM's image "
-        "(default: $PAGEWARM_ENGINE_IMAGE or 'engine')",
+        help="the engine part of the profile's key: vLLM's image",
     )
-    startup.add_argument(
+    switch(
+        startup,
         "--startup-profile-record",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="record vLLM's start when no profile exists for the key (default: on)",
+        setting="startup_profile_record",
+        help="record vLLM's start when no profile exists for the key",
     )
-    startup.add_argument(
+    flag(
         "--io-depth",
-        type=int,
-        default=None,
+        setting="startup_profile_io_depth",
         metavar="N",
-        help="reads in flight while replaying the profile (default: 2)",
+        help="reads in flight while replaying the profile, 1 to 64",
     )
     server = parser.add_argument_group("server")
-    server.add_argument("--host", default=None, help="address (default: $PAGEWARM_HOST or 0.0.0.0)")
-    server.add_argument(
-        "--port",
-        type=int,
-        default=None,
-        help="/startup, /healthz, /metrics, /status (default: $PAGEWARM_PORT or 9741)",
-    )
-    common.add_samples(server)
+    common.add_server_options(server, "/startup, /healthz, /metrics, /status")
     add_prewarm_options(parser)
     parser.set_defaults(func=run, settings_class=SidecarSettings)
 
 
-def settings_from(args: argparse.Namespace, settings: SidecarSettings) -> SidecarSettings:
-    """Flags win over the environment."""
-    flags: dict[str, Any] = {
-        "gate": str(args.gate) if args.gate is not None else None,
-        "gate_timeout_seconds": args.gate_timeout,
-        "vllm_health_url": args.vllm_url,
-        "vllm_log": args.vllm_log,
-        "vllm_process_pattern": args.vllm_process_pattern,
-        "load_timeout_seconds": args.load_timeout,
-        "health_poll_interval_seconds": args.poll_interval,
-        "keep_warm": args.keep_warm,
-        "keep_warm_interval_seconds": args.keep_warm_interval,
-        "mlock": args.mlock,
-        "prewarm_enabled": args.prewarm_enabled,
-        "model_name": args.model_name,
-        "startup_profile": args.startup_profile,
-        "engine_image": args.engine_image,
-        "startup_profile_record": args.startup_profile_record,
-        "startup_profile_io_depth": args.io_depth,
-    }
-    return common.server_settings(args, settings, flags)
-
-
 def run(args: argparse.Namespace, settings: SidecarSettings) -> int:
-    if args.io_depth is not None and not 1 <= args.io_depth <= 64:
-        raise common.UsageError(f"--io-depth {args.io_depth}: give 1 to 64 reads in flight")
-    settings = settings_from(args, settings)
     # Fail fast on an unusable MODEL_PATH (ModelPathError, UsageError: exit status 2).
     weight_set = common.weight_set(args, settings)
     options, guard = options_from(args, settings)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -106,11 +107,18 @@ class Sidecar:
         )
         # Before vLLM can be seen: whether its start is replayed or recorded.
         await asyncio.to_thread(self.warmer.profiler.load)
+        # The port before the warm: a busy one fails here, before anything is warmed or
+        # recorded (a crash loop must not write a bogus pre-warm sample at every restart).
+        # The warm starts the moment the port is bound, before any probe can be answered.
+        context = self._context
+        server_stop = asyncio.Event()
+        server = await self._listen(server_stop, lambda: self.warmer.start(context))
+        if server is None:
+            await self.warmer.close_profiler()
+            self.warmer.close()
+            return 1
         # No health URL: nothing to time (a keep-warm or metrics-only sidecar).
         watcher = self._watcher() if settings.vllm_health_url else None
-        server_stop = asyncio.Event()
-        server = asyncio.create_task(self._serve(server_stop), name="server")
-        self.warmer.start(self._context)
         gate = asyncio.create_task(self._gate_loop(), name="gate")
         watch = asyncio.create_task(
             watcher.run() if watcher is not None else self._until_stopped(), name="vllm"
@@ -155,7 +163,29 @@ class Sidecar:
 
     # HTTP ---------------------------------------------------------------------------------
 
-    async def _serve(self, stop: asyncio.Event) -> None:
+    async def _listen(
+        self, stop: asyncio.Event, on_listening: Callable[[], None]
+    ) -> asyncio.Task[None] | None:
+        """The server's task once it listens (``on_listening`` called in the same step);
+        None (and why, logged) when it cannot."""
+        listening = asyncio.Event()
+
+        def bound_now() -> None:
+            listening.set()
+            on_listening()
+
+        server = asyncio.create_task(self._serve(stop, bound_now), name="server")
+        bound = asyncio.create_task(listening.wait())
+        await asyncio.wait({server, bound}, return_when=asyncio.FIRST_COMPLETED)
+        if listening.is_set():
+            return server
+        bound.cancel()
+        error = server.exception() if not server.cancelled() else None
+        settings = self.config.settings
+        log.error("cannot listen", host=settings.host, port=settings.port, error=str(error))
+        return None
+
+    async def _serve(self, stop: asyncio.Event, on_listening: Callable[[], None]) -> None:
         settings = self.config.settings
         app = create_app(
             settings,
@@ -170,6 +200,7 @@ class Sidecar:
             idle_timeout_seconds=settings.idle_timeout_seconds,
             shutdown=stop,
             handle_signals=False,
+            on_listening=lambda _addresses: on_listening(),
         )
 
     async def _startup(self, request: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from controller.prewarm import PrewarmOptions
-from controller.settings import BenchSettings
+from controller.settings import BenchSettings, Size, http_url
 from controller.sidecar.gate import GatePolicy
 from controller.sidecar.vllm import compile_pattern
 from controller.units import MiB
@@ -55,7 +55,7 @@ class SidecarSettings(BenchSettings, ExporterSettings):
     prewarm_enabled: bool = Field(default=True, description="false: only gate, time and export.")
     keep_warm: bool = Field(default=False, description="Re-warm evicted ranges while running.")
     keep_warm_interval_seconds: float = Field(default=5.0, gt=0)
-    keep_warm_rate_limit_bytes: int = Field(
+    keep_warm_rate_limit_bytes: Size = Field(
         default=256 * MiB, ge=1, description="Bytes per second a re-warm reads at most."
     )
     mlock: bool = Field(default=False, description="Lock the weights in memory (IPC_LOCK).")
@@ -72,9 +72,6 @@ class SidecarSettings(BenchSettings, ExporterSettings):
     startup_profile_record: bool = Field(
         default=True, description="Record the start-up profile when none exists for the key."
     )
-    startup_profile_io_depth: int = Field(
-        default=2, ge=1, le=64, description="Reads in flight while replaying the profile."
-    )
 
     @field_validator("gate")
     @classmethod
@@ -84,7 +81,7 @@ class SidecarSettings(BenchSettings, ExporterSettings):
     @field_validator("vllm_health_url")
     @classmethod
     def _no_url(cls, value: str) -> str:
-        return "" if value.strip().lower() in ("", "none") else value
+        return "" if value.strip().lower() in ("", "none") else http_url(value)
 
     @field_validator("vllm_process_pattern")
     @classmethod

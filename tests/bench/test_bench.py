@@ -229,7 +229,8 @@ def test_bad_input_is_a_usage_error(small_model: Path, tmp_path: Path) -> None:
     env = {"PAGEWARM_SAMPLES": str(tmp_path / "s.jsonl")}
     bad_variant = pagewarm("bench", small_model, "--prewarm-variants", "fast:2", env=env)
     assert bad_variant.returncode == 2
-    assert "STRATEGY:THREADS" in bad_variant.stderr
+    # The words of --strategy and PAGEWARM_PREWARM_STRATEGY, naming the flag.
+    assert "--prewarm-variants fast:2: strategy: Input should be 'auto'" in bad_variant.stderr
     both = pagewarm("measure", small_model, "--loader", "torch", "--url", "http://x/", env=env)
     assert both.returncode == 2
     assert not (tmp_path / "s.jsonl").exists()

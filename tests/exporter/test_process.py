@@ -114,7 +114,7 @@ def test_per_file_series_from_the_flag_the_environment_or_the_models_shape(
 
     bad = _cli("exporter", "--models-dir", models, env={"PAGEWARM_PER_FILE_SERIES": "sometimes"})
     assert bad.returncode == 2
-    assert "per_file_series" in bad.stderr
+    assert "PAGEWARM_PER_FILE_SERIES='sometimes'" in bad.stderr
 
 
 def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
@@ -173,6 +173,7 @@ def test_the_exporter_command_loads_no_other_command() -> None:
     assert set(result.stdout.split()) == {
         "controller.commands.common",
         "controller.commands.exporter",
+        "controller.commands.flags",
     }
 
 

@@ -59,14 +59,15 @@ def test_bad_options_are_refused(small_model: Path) -> None:
     for args, message in (
         (["--gate", "ratio:2"], "the ratio must be a number in (0, 1]"),
         (["--gate", "half"], "is not a policy"),
-        (["--gate-timeout", "0"], "not a positive number of seconds"),
+        (["--gate-timeout", "0"], "--gate-timeout 0: Input should be greater than 0"),
         (["--vllm-process-pattern", "(unclosed"], "not a regular expression"),
     ):
         result = pagewarm("sidecar", small_model, *args)
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr, (args, result.stderr)
     result = pagewarm("sidecar", small_model, env={"PAGEWARM_GATE": "sometimes"})
-    assert result.returncode == 2 and "invalid setting in the environment" in result.stderr
+    assert result.returncode == 2
+    assert "PAGEWARM_GATE='sometimes'" in result.stderr
 
 
 def test_a_vllm_that_never_becomes_healthy_is_recorded_as_timed_out(

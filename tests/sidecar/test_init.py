@@ -89,7 +89,7 @@ def test_init_stops_on_sigterm(tmp_path: Path) -> None:
             process.wait()
     [sample] = read_jsonl(samples)
     assert sample["partial"] is True and sample["partial_reason"] == "cancelled"
-    assert "SIGTERM: stopping the warm" in stderr.read_text()
+    assert "signal received: stopping" in stderr.read_text()
 
 
 def _warming(model: Path) -> bool:
