@@ -10,7 +10,6 @@ from pydantic import Field
 from controller.commands import common, flags
 from controller.commands.prewarm import (
     add_prewarm_options,
-    exit_status,
     prewarm_with_progress,
     report,
 )
@@ -36,10 +35,11 @@ limit, minus the reserve) is warmed up to the budget, in load order: that is suc
 with a warning; the rest loads from storage. Remember that the page cache stays charged
 to the init container's cgroup (the pod's) after it exits.
 
-exit status: 0 warmed (also partial because of the memory budget), 1 some files could
-not be read, files changed before their turn (warmed as they are now), or no memory
-budget at all (the reserve is larger than the headroom: nothing could be warmed), 2
-MODEL_PATH unusable (missing, not readable, no weight files) or bad input, 130/143
+exit status: 0 warmed (also partial because of the memory budget), and also when no
+memory budget existed at all or files changed before their turn: a pre-warm never holds
+a pod back, so those are recorded as failed samples and logged as errors, and vLLM starts
+with what is resident. 1 some files could not be read (vLLM could not read them either),
+2 MODEL_PATH unusable (missing, not readable, no weight files) or bad input, 130/143
 stopped by SIGINT/SIGTERM before the warm finished (the partial warm is recorded).
 
 examples:
@@ -84,7 +84,14 @@ def run(args: argparse.Namespace, settings: InitSettings) -> int:
     report(result, as_json=args.json)
     if interrupt.exit_status is not None:
         return interrupt.exit_status
-    return exit_status(result)
+    return init_exit_status(result)
+
+
+def init_exit_status(result: PrewarmResult) -> int:
+    """Unlike `prewarm`, only unreadable files fail an init container: a failing init
+    container is restarted with back-off and its pod never starts, which would turn a node
+    short of memory, or a model rewritten under the warm, into an outage."""
+    return 1 if result.file_errors else 0
 
 
 def _record(settings: InitSettings, weight_set: WeightSet, result: PrewarmResult) -> None:

@@ -128,6 +128,30 @@ def test_no_budget_in_a_cgroup_fails_with_exit_1_and_the_reason(model: Path, how
     assert "pre-warm failed" in done.stderr
 
 
+def test_an_init_container_with_no_budget_records_the_failure_and_lets_the_pod_start(
+    model: Path, tmp_path: Path
+) -> None:
+    """An init container that exits 1 is restarted with back-off and its pod never starts:
+    a node short of memory must not become an outage. The failure is recorded, exit 0."""
+    evict_path(model)
+    samples = tmp_path / "samples.jsonl"
+    env = {"PAGEWARM_SAMPLES": str(samples)}
+    with memory_cgroup(192 * MiB) as cgroup:
+        argv = _in_cgroup(
+            cgroup.join_command(), "init", str(model), "--reserve", "256MiB", "--json", env=env
+        )
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=120, cwd=REPO, check=False
+        )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["failed"] is True and doc["read_bytes"] == 0
+    assert "pre-warm failed" in done.stderr
+    (sample,) = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert sample["source"] == "init"
+    assert sample["outcome"] == "failed"
+
+
 @pytest.mark.parametrize("strategy", [Strategy.READ, Strategy.POPULATE])
 def test_no_more_threads_than_chunks(model: Path, strategy: Strategy) -> None:
     """--threads 100000 started 5,692 threads for a 252 MiB model: one per chunk is the most
