@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pydantic
 import structlog
 
 from controller.units import format_rate, parse_size
@@ -75,6 +76,25 @@ def size_arg(text: str) -> int:
 
 
 ServerSettingsT = TypeVar("ServerSettingsT", bound=ExporterSettings)
+SettingsT = TypeVar("SettingsT", bound=CommonSettings)
+
+
+def apply_flags(settings: SettingsT, flags: Mapping[str, object]) -> SettingsT:
+    """``settings`` with the flags that were given (not None) in place of the environment's
+    values, validated by the settings model itself: its types, bounds and parsers ("30s",
+    "200MiB") apply to a flag as to the variable. Keys are field names; a flag the model
+    refuses is a UsageError that names it."""
+    given = {name: value for name, value in flags.items() if value is not None}
+    if not given:
+        return settings
+    try:
+        return type(settings).model_validate({**settings.model_dump(), **given}, by_name=True)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{e['loc'][0]} (from its flag): {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
+        )
+        raise UsageError(problems) from None
 
 
 def server_settings(
