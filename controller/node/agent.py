@@ -30,6 +30,7 @@ import structlog
 from controller.memguard import MemoryGuard
 from controller.node.config import ConfigFile, ModelsDirectory, NodeConfig
 from controller.node.features import FeatureFile
+from controller.node.room import make_room
 from controller.node.settings import NodeSettings
 from controller.node.state import BackoffReason, ModelWarmth, NodeMap, feature_lines
 from controller.prewarm import PrewarmOptions, PrewarmProgress, prewarm
@@ -193,6 +194,7 @@ class NodeAgent:
                 # Re-reading a lower priority now would take memory that this one lacks.
                 self._back_off(outcome, BackoffReason.THRASHING, model.name)
                 break
+            guard = self._room_for(model, order, residency, config, guard)
             weight_set = model.weight_set
             assert weight_set is not None  # measured models have one
             try:
@@ -222,6 +224,30 @@ class NodeAgent:
                 outcome.stopped_by = "cancelled" if self.cancel.is_set() else "interval"
                 break
         return outcome
+
+    def _room_for(
+        self,
+        model: WatchedModel,
+        order: list[WatchedModel],
+        residency: dict[str, ModelResidency],
+        config: NodeConfig,
+        guard: MemoryGuard,
+    ) -> MemoryGuard:
+        """The guard to re-read ``model`` with: when the budget left cannot hold what it
+        misses, lower priorities' pages are dropped first and the budget taken again."""
+        budget = guard.budget_bytes
+        shortfall = _missing(residency[model.name]) - (budget or 0) + guard.granted_bytes
+        if budget is None or shortfall <= 0:
+            return guard
+        priority = config.priority_of(model.name)
+        lower = [m for m in reversed(order) if config.priority_of(m.name) < priority]
+        freed = make_room(shortfall, [residency[m.name] for m in lower])
+        if not freed:
+            return guard
+        for other in lower:
+            residency[other.name] = self.probe.measure(residency[other.name].weight_set)
+        log.info("dropped lower priorities for a higher one", model=model.name, freed_bytes=freed)
+        return MemoryGuard(self.settings.node_reserve, enabled=True)
 
     def _back_off(self, outcome: _PassOutcome, reason: BackoffReason, detail: str = "") -> None:
         self.backoffs[reason.value] += 1
