@@ -50,7 +50,9 @@ def _check_value(value: str, where: str) -> None:
         raise FeatureFileError(f"{where}: {value!r} is not a Kubernetes label value")
 
 
-def parse_features(text: str, origin: str = "<text>", now: datetime | None = None) -> dict[str, str]:
+def parse_features(
+    text: str, origin: str = "<text>", now: datetime | None = None
+) -> dict[str, str]:
     """The node labels one feature file yields; FeatureFileError for a line NFD would not
     turn into a label. An expired file yields none."""
     labels: dict[str, str] = {}
