@@ -100,6 +100,7 @@ class NodeAgent:
         self._tracks: dict[str, _Track] = {}
         self._lock = threading.Lock()  # one pass at a time
         self._budget_bytes: int | None = None  # of the last pass that looked
+        self._last_stopped_by: str | None = None
         self.map = self._snapshot((), _PassOutcome())
 
     # -- the pass ------------------------------------------------------------------------
@@ -119,6 +120,7 @@ class NodeAgent:
                 self._observe(model.name, residency.get(model.name), now)
             self._publish(models, residency, config, _PassOutcome(), seconds=None, cpu_seconds=None)
             outcome = self._rewarm(models, residency, config, started)
+            self._last_stopped_by = outcome.stopped_by
             for model in models:
                 self._settle(model.name, residency.get(model.name))
             self.passes += 1
@@ -195,6 +197,9 @@ class NodeAgent:
                 self._back_off(outcome, BackoffReason.THRASHING, model.name)
                 break
             guard = self._room_for(model, order, residency, config, guard)
+            if guard.budget_bytes is not None and guard.budget_bytes <= guard.granted_bytes:
+                self._back_off(outcome, BackoffReason.BUDGET, "no memory budget left")
+                break
             weight_set = model.weight_set
             assert weight_set is not None  # measured models have one
             try:
@@ -252,7 +257,9 @@ class NodeAgent:
     def _back_off(self, outcome: _PassOutcome, reason: BackoffReason, detail: str = "") -> None:
         self.backoffs[reason.value] += 1
         outcome.stopped_by = outcome.stopped_by or reason.value
-        log.info("keep-warm backed off", reason=reason.value, detail=detail or None)
+        # Once when a back-off starts (or changes reason), not on every pass it lasts.
+        report = log.debug if reason.value == self._last_stopped_by else log.info
+        report("keep-warm backed off", reason=reason.value, detail=detail or None)
 
     def pressure(self) -> float | None:
         if self.pressure_path is None:

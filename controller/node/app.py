@@ -20,9 +20,14 @@ from prometheus_client import CollectorRegistry
 from controller.node.agent import NodeAgent
 from controller.node.collector import NodeCollector
 from exporter.collectors import build_collector_set
+from exporter.linux.libc import libc
 from exporter.server import create_app, serve
 
 log = structlog.get_logger("pagewarm")
+
+# glibc's mallopt: allocations from this size up are mapped and unmapped on their own.
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 1 << 20
 
 AGENT_KEY = web.AppKey("pagewarm_node_agent", NodeAgent)
 
@@ -78,8 +83,16 @@ async def keep_warm(
             await asyncio.wait_for(stop.wait(), delay)
 
 
+def return_buffers_to_the_kernel() -> None:
+    """A re-warm's read buffers (a few MiB per thread) are freed after it, but glibc's
+    dynamic threshold would keep such blocks in its heaps: a resident agent would hold
+    them between re-warms. A fixed threshold maps and unmaps them each time."""
+    libc().mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
 async def run(agent: NodeAgent) -> None:
     """Serve and keep warm until SIGTERM/SIGINT; raises OSError when the port is taken."""
+    return_buffers_to_the_kernel()
     app, follow_config = build_app(agent)
     stop = asyncio.Event()
     passes = asyncio.create_task(keep_warm(agent, stop, follow_config))
