@@ -144,6 +144,7 @@ def prometheus_config(
     rule_files: Sequence[Path] = (),
     evaluation_interval: float | None = None,
     job: str = "pagewarm",
+    *,
     static_configs: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """``static_configs`` (each ``{"targets": [...], "labels": {...}}``) replace the plain
@@ -178,7 +179,12 @@ def running_prometheus(
         config.write_text(
             json.dumps(
                 prometheus_config(
-                    targets, scrape_interval, rule_files, evaluation_interval, job, static_configs
+                    targets,
+                    scrape_interval,
+                    rule_files,
+                    evaluation_interval,
+                    job,
+                    static_configs=static_configs,
                 )
             )
         )
@@ -294,7 +300,8 @@ def running_server(
         if not listening.wait(START_TIMEOUT_SECONDS) or not any(
             line.get("event") == "serving" for line in logs
         ):
-            raise AssertionError(f"pagewarm {command} did not start (exit {process.poll()}): {logs}")
+            exit_status = process.poll()
+            raise AssertionError(f"pagewarm {command} did not start (exit {exit_status}): {logs}")
         port = next(int(line["port"]) for line in logs if line.get("event") == "serving")
         yield ExporterHandle(process, port, logs)
     finally:
