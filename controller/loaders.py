@@ -20,8 +20,6 @@ not need 16 GiB of RAM on top of the page cache to be measured.
 
 from __future__ import annotations
 
-import json
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,13 +27,13 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Protocol
 
+from controller.loaderror import LoaderError
+from controller.safetensors_header import read_header
 from exporter.weightset import SAFETENSORS_PATTERN, FileRole, WeightSet
 
 METADATA_READ_BYTES = 1 << 20
 
-
-class LoaderError(Exception):
-    """The loader cannot run here (library missing, no GPU) or the files are not loadable."""
+__all__ = ["LoaderError"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,22 +55,19 @@ class Loader(Protocol):
     def check(self) -> None:
         """Raise LoaderError when this loader cannot run here (before any timing)."""
 
+    def check_files(self, weight_set: WeightSet) -> None:
+        """Raise LoaderError when this loader cannot load these files (before any timing,
+        leaving their pages as they were)."""
+
     def load(
         self, weight_set: WeightSet, on_progress: ProgressCallback | None = None
     ) -> LoadResult:
         """Load every tensor; blocking."""
 
 
-def safetensors_data_bytes(path: Path) -> int:
-    """The tensor-data bytes a safetensors file holds, from its header."""
-    with path.open("rb") as handle:
-        (header_len,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(header_len))
-    return sum(
-        int(entry["data_offsets"][1]) - int(entry["data_offsets"][0])
-        for name, entry in header.items()
-        if name != "__metadata__"
-    )
+def safetensors_data_bytes(path: Path, *, as_found: bool = True) -> int:
+    """The tensor-data bytes a safetensors file holds, from its (checked) header."""
+    return read_header(path, as_found=as_found).data_bytes
 
 
 def _read_metadata(weight_set: WeightSet) -> int:
@@ -115,6 +110,10 @@ class _SafetensorsLoader:
                 "pip install 'pagewarm[bench]'"
             ) from None
 
+    def check_files(self, weight_set: WeightSet) -> None:
+        for path in _safetensors_files(weight_set):
+            read_header(path)
+
     def device(self) -> str:
         return "cpu"
 
@@ -132,7 +131,7 @@ class _SafetensorsLoader:
     def load(
         self, weight_set: WeightSet, on_progress: ProgressCallback | None = None
     ) -> LoadResult:
-        from safetensors import safe_open  # noqa: PLC0415 - the 'bench' extra
+        from safetensors import SafetensorError, safe_open  # noqa: PLC0415 - the 'bench' extra
 
         self.check()
         files = _safetensors_files(weight_set)
@@ -141,17 +140,20 @@ class _SafetensorsLoader:
         tensors = loaded = 0
         kept: list[Any] = []
         for path in files:
-            expected = safetensors_data_bytes(path)
+            expected = safetensors_data_bytes(path, as_found=False)
             in_file = 0
-            with safe_open(path, framework=self.framework, device="cpu") as handle:
-                for key in handle.keys():  # noqa: SIM118 - safe_open is no dict
-                    nbytes, keep = self.materialise(handle.get_tensor(key))
-                    if keep is not None:
-                        kept.append(keep)
-                    in_file += nbytes
-                    tensors += 1
-                    if on_progress is not None:
-                        on_progress(loaded + in_file)
+            try:
+                with safe_open(path, framework=self.framework, device="cpu") as handle:
+                    for key in handle.keys():  # noqa: SIM118 - safe_open is no dict
+                        nbytes, keep = self.materialise(handle.get_tensor(key))
+                        if keep is not None:
+                            kept.append(keep)
+                        in_file += nbytes
+                        tensors += 1
+                        if on_progress is not None:
+                            on_progress(loaded + in_file)
+            except SafetensorError as exc:  # the file changed since its header was checked
+                raise LoaderError(f"{path}: {exc}") from None
             if in_file != expected:
                 raise LoaderError(
                     f"{path}: loaded {in_file} bytes of tensor data, the header says {expected}"

@@ -32,6 +32,18 @@ class MeasureError(Exception):
     """The load cannot be measured as asked (printed for the user, exit status 2)."""
 
 
+class UnsavedSampleError(Exception):
+    """A measurement was taken but the store refused its sample: the caller shows the
+    sample so that nothing measured is lost (exit status 1)."""
+
+    def __init__(self, sample: Sample, store: SampleStore, cause: OSError) -> None:
+        super().__init__(
+            f"sample store {store.path}: cannot be written: {cause.strerror or cause}; "
+            "the sample follows on stdout"
+        )
+        self.sample = sample
+
+
 @dataclass(frozen=True, slots=True)
 class LoadTarget:
     """What is timed: a built-in loader, a URL (optionally from a command's start), or a
@@ -57,6 +69,12 @@ class LoadTarget:
         except LoaderError as exc:
             raise MeasureError(str(exc)) from None
         return target
+
+    def check_files(self, weight_set: WeightSet) -> None:
+        """A built-in loader's files checked before anything is timed or recorded: the wrong
+        loader for them, or a corrupt file, is the user's to fix (LoaderError, exit 2)."""
+        if self.loader is not None:
+            self.loader.check_files(weight_set)
 
     @property
     def name(self) -> str:
@@ -140,6 +158,9 @@ class Measurer:
         sample = self.header.sample(
             {
                 "kind": SampleKind.LOAD,
+                # As measured before this load, not when the weight set was found: a shard
+                # may have changed between a bench's runs.
+                "model_bytes": before.size_bytes,
                 "mode": mode,
                 "declared_mode": declared if declared is not None and declared != mode else None,
                 "mode_verified": verified,
@@ -154,7 +175,7 @@ class Measurer:
                 **prewarm_link(prewarm_sample),
             }
         )
-        self.store.append(sample)
+        self._record(sample)
         _warn_about(sample, before, after, self.target)
         return sample
 
@@ -174,8 +195,14 @@ class Measurer:
             on_progress=(lambda p: on_progress(p.done_bytes)) if on_progress else None,
         )
         sample = self.header.prewarm_sample(result, {"run_index": run_index})
-        self.store.append(sample)
+        self._record(sample)
         return sample
+
+    def _record(self, sample: Sample) -> None:
+        try:
+            self.store.append(sample)
+        except OSError as exc:
+            raise UnsavedSampleError(sample, self.store, exc) from exc
 
 
 def _warn_about(

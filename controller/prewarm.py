@@ -19,17 +19,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
+from controller.filechange import FileChange, change_since_found
 from controller.linux.pagecache import TRUNCATED_ERRNOS, populate_supported, warm_range
 from controller.memguard import MemoryGuard
+from controller.prewarm_result import FileError, PrewarmResult, Strategy
 from controller.ratelimit import RateLimiter
 from controller.units import MiB
 from exporter.linux.files import NotRegularFileError, open_regular
 from exporter.linux.hypervisor import VIRTIO_DEVICES, free_page_reporting
-from exporter.residency import ModelResidency, ResidencyProbe
+from exporter.residency import ResidencyProbe
 from exporter.weightset import WeightFile, WeightSet
 
 DEFAULT_THREADS = 8
@@ -42,12 +42,11 @@ STEP_BYTES = 16 * MiB
 READ_STEP_BYTES = 4 * MiB
 PAGE = os.sysconf("SC_PAGE_SIZE")
 RATE_LIMITED_STEP_BYTES = 2 * MiB
+# The read strategy's thread buffers take at most this share of the memory budget: the rest
+# is for the page cache, so a warm always makes progress where any budget exists.
+BUFFER_BUDGET_DIVISOR = 4
 
-
-class Strategy(StrEnum):
-    AUTO = "auto"
-    POPULATE = "populate"
-    READ = "read"
+__all__ = ["FileError", "PrewarmResult", "Strategy"]
 
 
 def choose_strategy(
@@ -98,61 +97,6 @@ class PrewarmProgress:
         return 1.0 if self.planned_bytes == 0 else min(1.0, self.done_bytes / self.planned_bytes)
 
 
-@dataclass(frozen=True, slots=True)
-class FileError:
-    path: str
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class PrewarmResult:
-    model_path: str
-    strategy: Strategy
-    strategy_reason: str  # why auto chose it, or "requested"
-    threads: int
-    size_bytes: int
-    resident_before_bytes: int | None  # None: residency could not be measured truthfully
-    # What this run brought into the page cache (readahead included; all it touched when
-    # residency could not be measured), and what was resident before it started.
-    read_bytes: int
-    skipped_resident_bytes: int
-    seconds: float
-    budget_bytes: int | None  # None: the memory guard was off
-    partial_reason: str | None  # set when the budget or a cancel stopped the warm early
-    file_errors: tuple[FileError, ...]
-    after: ModelResidency
-
-    @property
-    def partial(self) -> bool:
-        return self.partial_reason is not None
-
-    @property
-    def throughput_bytes_per_second(self) -> float:
-        return self.read_bytes / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model_path": self.model_path,
-            "strategy": str(self.strategy),
-            "strategy_reason": self.strategy_reason,
-            "threads": self.threads,
-            "size_bytes": self.size_bytes,
-            "resident_before_bytes": self.resident_before_bytes,
-            "read_bytes": self.read_bytes,
-            "skipped_resident_bytes": self.skipped_resident_bytes,
-            "seconds": round(self.seconds, 6),
-            "throughput_bytes_per_second": round(self.throughput_bytes_per_second),
-            "budget_bytes": self.budget_bytes,
-            "partial": self.partial,
-            "partial_reason": self.partial_reason,
-            "file_errors": [{"path": e.path, "error": e.error} for e in self.file_errors],
-            "resident_after_bytes": self.after.cached_bytes,
-            "resident_after_ratio": self.after.ratio,
-            "residency_trusted": self.after.trusted,
-            "residency_unknown_reasons": list(self.after.unknown_reasons),
-        }
-
-
 class _OpenFile:
     """A file being warmed: closed when every chunk has been handed out and finished."""
 
@@ -166,7 +110,9 @@ class _OpenFile:
         self.wf = wf
         self.fd = fd
         self.closer = closer
-        self.size = os.fstat(fd).st_size
+        opened = os.fstat(fd)
+        self.size = opened.st_size  # now, not when the weight set was found
+        self.identity = (opened.st_dev, opened.st_ino)
         self.next_offset = 0
         self.in_flight = 0
         self.failed: str | None = None
@@ -214,20 +160,28 @@ class _Run:
             self.step = RATE_LIMITED_STEP_BYTES
         else:
             self.step = READ_STEP_BYTES if self.strategy is Strategy.READ else STEP_BYTES
-        self.threads = self._threads_within_budget(max(1, options.threads))
+        # No more readers than chunks to read: the rest would only hold buffers and stacks.
+        chunks = sum(-(-f.size // options.chunk_bytes) for f in weight_set.files)
+        self.threads = self._threads_within_budget(max(1, min(options.threads, chunks)))
         self.lock = threading.Lock()
         self.errors: list[FileError] = []
+        self.changes: list[FileChange] = []
         self.stop_reason: str | None = None
         self.skipped_bytes = 0
         self._pending_files = list(reversed(weight_set.files))
         self._current: _OpenFile | None = None
 
     def _threads_within_budget(self, wanted: int) -> int:
-        """Fewer readers when the budget cannot also hold their buffers (read strategy)."""
-        if self.strategy is not Strategy.READ:
+        """Fewer readers, and smaller buffers, when their buffers would take more than their
+        share of the budget (read strategy): at least one reader, the rest for the cache."""
+        budget = self.guard.budget_bytes
+        if self.strategy is not Strategy.READ or budget is None:
             return wanted
-        granted = self.guard.grant_up_to(wanted * self.step)
-        return max(1, min(wanted, granted // self.step))
+        share = budget // BUFFER_BUDGET_DIVISOR
+        self.step = min(self.step, max(PAGE, share // PAGE * PAGE))
+        threads = max(1, min(wanted, share // self.step))
+        self.guard.grant_up_to(threads * self.step)
+        return threads
 
     # Everything named *_locked runs with self.lock held.
     def _error_locked(self, path: Path, error: str) -> None:
@@ -244,10 +198,20 @@ class _Run:
             except OSError as exc:
                 error = f"cannot open: {exc.strerror or exc}"
             else:
-                return _OpenFile(wf, fd, closer, self._missing_by_chunk(fd))
+                return self._opened_locked(wf, fd, closer)
             self._error_locked(wf.path, error)
             self.progress.files_done += 1
         return None
+
+    def _opened_locked(self, wf: WeightFile, fd: int, closer: contextlib.ExitStack) -> _OpenFile:
+        """The file as it is now: a change since the weight set was found is recorded, and
+        the warm (and the plan's size) follow the file that is there."""
+        opened = _OpenFile(wf, fd, closer, self._missing_by_chunk(fd))
+        change = change_since_found(wf, os.fstat(fd))
+        if change is not None:
+            self.changes.append(change)
+            self.progress.planned_bytes += change.size_delta
+        return opened
 
     def _missing_by_chunk(self, fd: int) -> dict[int, int]:
         size = os.fstat(fd).st_size
@@ -269,7 +233,7 @@ class _Run:
         except OSError:
             self._error_locked(opened.wf.path, "deleted during the warm")
             return
-        if (st.st_dev, st.st_ino) != (opened.wf.device, opened.wf.inode):
+        if (st.st_dev, st.st_ino) != opened.identity:
             self._error_locked(opened.wf.path, "replaced during the warm: a new file has its name")
 
     def next_chunk(self) -> _Chunk | None:
@@ -327,8 +291,10 @@ class _Run:
         if granted < missing:
             with self.lock:
                 self.stop_reason = self.stop_reason or self.guard.refused_reason
-            # Warm the prefix the rest of the budget covers (whole pages).
-            return granted, granted // PAGE * PAGE
+            # Warm the prefix the rest of the budget covers (whole pages: less than a page
+            # of budget brings nothing in).
+            whole_pages = granted // PAGE * PAGE
+            return whole_pages, whole_pages
         return missing, chunk.length
 
     def _warm_chunk(self, chunk: _Chunk, buffer: bytearray | None) -> None:
@@ -418,12 +384,16 @@ def prewarm(
             run.close_remaining()
     seconds = time.perf_counter() - started
     partial = run.stop_reason or ("cancelled" if cancel.is_set() else None)
+    failure = None
+    if run.stop_reason and progress.read_bytes == 0:
+        # Stopped by the budget before a single byte: no warm at all, never a "partial" one.
+        failure, partial = f"no memory budget to warm anything: {run.stop_reason}", None
     return PrewarmResult(
         model_path=str(weight_set.root),
         strategy=run.strategy,
         strategy_reason=run.strategy_reason,
         threads=run.threads,
-        size_bytes=weight_set.total_bytes,
+        size_bytes=weight_set.total_bytes + sum(c.size_delta for c in run.changes),
         resident_before_bytes=before.cached_bytes,
         read_bytes=progress.read_bytes,
         skipped_resident_bytes=run.skipped_bytes,
@@ -432,4 +402,6 @@ def prewarm(
         partial_reason=partial,
         file_errors=tuple(run.errors),
         after=probe.measure(weight_set),
+        changed_files=tuple(run.changes),
+        failure_reason=failure,
     )

@@ -8,6 +8,10 @@ and no lock (the kernel drops it with the process): the next append first termin
 line, so it is lost alone, skipped by readers as invalid, and never swallows the next
 sample. Readers (``exporter.samples.SampleReader``) take no lock: a line is visible to them
 once its newline is.
+
+``check_writable`` answers before a measurement whether its sample could be appended (a
+directory, a path under /proc, an empty setting, a read-only directory: one line, exit 2),
+so that an hour of loads is not run into a store that refuses them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from controller.linux.durable import fsync_directory, write_all
+from controller.writable import check_file
+from exporter.errors import UserError
 from exporter.samples import Sample, read_all
+
+
+class SampleStoreError(UserError):
+    """The sample store cannot take samples (checked before a measurement)."""
 
 
 class SampleStore:
@@ -60,6 +70,10 @@ class SampleStore:
 
     def read(self) -> list[Sample]:
         return read_all(self.path)
+
+    def check_writable(self) -> None:
+        """SampleStoreError unless a sample could be appended now (nothing left behind)."""
+        check_file(self.path, "sample store", SampleStoreError)
 
 
 def _ends_torn(fd: int) -> bool:

@@ -217,9 +217,14 @@ class SampleHeader:
 
 def prewarm_fields(result: PrewarmResult, weight_set: WeightSet) -> dict[str, object]:
     size = weight_set.total_bytes
-    failed = bool(result.file_errors)
+    failed = result.failed
+    problems = [f"{e.path}: {e.error}" for e in result.file_errors]
+    problems += [f"{c.path}: {c.describe()}" for c in result.changed_files]
+    if result.failure_reason:
+        problems.append(result.failure_reason)
     return {
         "kind": SampleKind.PREWARM,
+        "model_bytes": result.size_bytes,  # the files as the warm found them, not as listed
         "mode": Mode.NONE,
         "loader": "prewarm",
         "seconds": result.seconds,
@@ -230,7 +235,7 @@ def prewarm_fields(result: PrewarmResult, weight_set: WeightSet) -> dict[str, ob
         ),
         "resident_ratio_after": result.after.ratio,
         "outcome": Outcome.FAILED if failed else Outcome.OK,
-        "error": "; ".join(f"{e.path}: {e.error}" for e in result.file_errors) or None,
+        "error": "; ".join(problems) or None,
         "strategy": str(result.strategy),
         "strategy_reason": result.strategy_reason,
         "threads": result.threads,

@@ -5,6 +5,12 @@ The data is random (never zeros: zeros compress, deduplicate and can load faster
 real weights). Random bytes are costly on a CPU (os.urandom: ~0.5 GiB/s a core), so each
 block is a random pool XORed with a fresh 64-bit key: unique per block, incompressible,
 generated at memory speed by numpy on several threads.
+
+The size is honoured: layers fill what they can, the vocabulary (embeddings and LM head)
+takes the rest, so the tensor bytes come within ``SIZE_TOLERANCE`` below the size asked
+for. A size below one layer of the narrowest shape is refused, as is one the filesystem
+has no room for, and so is a directory that holds anything (unless forced): synth writes
+``config.json`` and shards, and would overwrite a real model's.
 """
 
 from __future__ import annotations
@@ -20,11 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exporter.errors import UserError
+
 BLOCK_BYTES = 32 << 20
 BF16_BYTES = 2
 # Safetensors data starts after an 8-byte header length and the JSON header; padding the
 # header to this keeps tensor data aligned for zero-copy loaders.
 HEADER_ALIGN = 8
+# The tensor bytes written are at most this fraction below the size asked for (never above).
+SIZE_TOLERANCE = 0.001
+
+
+class SynthError(UserError):
+    """synth cannot write the model asked for (size, directory): nothing was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,18 +111,60 @@ _WIDTHS = (
 )
 
 
+MIN_VOCAB = 256
+
+
 def llama_shape(target_bytes: int, vocab: int = 32000) -> LlamaShape:
-    """The widest Llama shape that still gets at least 16 layers into ``target_bytes``."""
+    """The widest Llama shape that still gets at least 16 layers into ``target_bytes``, its
+    vocabulary grown so that its tensors come within SIZE_TOLERANCE below the target
+    (within 4 x hidden bytes: one more row of the embeddings and of the LM head)."""
     for hidden, inter, heads, kv_heads in reversed(_WIDTHS):
         # Small models get a smaller vocabulary, so embeddings stay a minor part of them.
-        vocab_here = min(vocab, max(256, target_bytes // (8 * hidden * BF16_BYTES) // 64 * 64))
+        vocab_here = min(
+            vocab, max(MIN_VOCAB, target_bytes // (8 * hidden * BF16_BYTES) // 64 * 64)
+        )
         shape = LlamaShape(hidden, inter, vocab_here, 1, heads, kv_heads)
         per_layer = sum(t.nbytes for t in shape.tensors()[1:10])
-        fixed = 2 * vocab_here * hidden * BF16_BYTES
-        layers = (target_bytes - fixed) // per_layer
+        layers = (target_bytes - _fixed_bytes(vocab_here, hidden)) // per_layer
         if layers >= 16 or hidden == _WIDTHS[0][0]:
-            return LlamaShape(hidden, inter, vocab_here, max(1, layers), heads, kv_heads)
+            if layers < 1:  # the smallest models: the smallest vocabulary, one layer
+                layers = (target_bytes - _fixed_bytes(MIN_VOCAB, hidden)) // per_layer
+            if layers < 1:
+                smallest = per_layer + _fixed_bytes(MIN_VOCAB, hidden)
+                raise SynthError(
+                    f"--size {target_bytes} is below the smallest synthetic model, "
+                    f"{smallest} bytes (one Llama layer of hidden size {hidden})"
+                )
+            rest = target_bytes - layers * per_layer - hidden * BF16_BYTES
+            filled = rest // (2 * hidden * BF16_BYTES)
+            return LlamaShape(hidden, inter, filled, layers, heads, kv_heads)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _fixed_bytes(vocab: int, hidden: int) -> int:
+    """Embeddings, LM head and the final norm."""
+    return (2 * vocab + 1) * hidden * BF16_BYTES
+
+
+def refuse_to_overwrite(path: Path) -> None:
+    """A directory that holds anything may be a model: synth writes config.json and shards."""
+    if path.is_dir() and any(path.iterdir()):
+        raise SynthError(
+            f"{path} is not empty: synth would overwrite its config.json and shards "
+            "(--force writes into it anyway)"
+        )
+
+
+def refuse_without_room(path: Path, size_bytes: int) -> None:
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    fs = os.statvfs(existing)
+    free = fs.f_bavail * fs.f_frsize
+    if free < size_bytes:
+        raise SynthError(
+            f"--size {size_bytes} does not fit: {free} bytes free on the filesystem of {existing}"
+        )
 
 
 def split_shards(tensors: list[Tensor], shards: int) -> list[list[Tensor]]:
@@ -181,11 +237,16 @@ def synth(
     shards: int = 4,
     *,
     threads: int = 4,
+    force: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SynthResult:
-    """Write the model into ``path`` (created; existing shard files are overwritten)."""
+    """Write the model into ``path`` (created; a non-empty directory only with ``force``,
+    and then its files of the same names are overwritten)."""
     started = time.perf_counter()
+    if not force:
+        refuse_to_overwrite(path)
     shape = llama_shape(size_bytes)
+    refuse_without_room(path, sum(t.nbytes for t in shape.tensors()))
     groups = split_shards(shape.tensors(), shards)
     path.mkdir(parents=True, exist_ok=True)
     names = [f"model-{n + 1:05d}-of-{len(groups):05d}.safetensors" for n in range(len(groups))]

@@ -76,6 +76,9 @@ class WeightFile:
     device: int
     inode: int
     role: FileRole
+    # When it was found: with device, inode and size, the identity a later reader (a warm
+    # that reaches this file minutes later) compares against the file it opens.
+    mtime_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +284,9 @@ class _Walker:
             return
         self._inodes[key] = path
         real = self._real_path(path, entry)
-        self.found.append(WeightFile(path, real, st.st_size, st.st_dev, st.st_ino, role))
+        self.found.append(
+            WeightFile(path, real, st.st_size, st.st_dev, st.st_ino, role, st.st_mtime_ns)
+        )
 
     def _real_path(self, path: Path, entry: os.DirEntry[str] | None) -> Path:
         # realpath costs an lstat per path component, per file. A file that is not a link

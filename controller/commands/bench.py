@@ -18,12 +18,14 @@ from controller.bench import (
     Variant,
 )
 from controller.commands import common
-from controller.commands.measure import add_load_options, build_measurer
+from controller.commands.measure import add_load_options, build_measurer, show_unsaved
 from controller.commands.prewarm import add_prewarm_options, options_from
+from controller.measure import UnsavedSampleError
 from controller.prewarm import resolve_strategy
 from controller.report import headline, write_report
 from controller.scheduler import SchedulerError, TerminatedError
 from controller.settings import BenchSettings
+from controller.writable import check_directory
 from exporter.samples import Mode
 
 log = structlog.get_logger("pagewarm")
@@ -160,11 +162,16 @@ def _config(args: argparse.Namespace, settings: BenchSettings) -> BenchConfig:
 def run(args: argparse.Namespace, settings: BenchSettings) -> int:
     weight_set = common.weight_set(args, settings)
     config = _config(args, settings)
+    if args.out is not None:  # before the bench: its report must not be lost at the end
+        check_directory(args.out, "--out")
     measurer = build_measurer(args, settings, weight_set, "bench")
     try:
         result = Bench(measurer, config).run()
     except (BenchError, SchedulerError) as exc:
         raise common.UsageError(str(exc)) from None
+    except UnsavedSampleError as exc:
+        # The samples before it are stored; the bench stops at the store's first refusal.
+        return show_unsaved(exc)
     except TerminatedError as exc:
         # The finally-blocks have run (scheduler restored); the samples so far are stored.
         log.warning("bench stopped", reason=str(exc), store=str(measurer.store.path))

@@ -11,7 +11,12 @@ import structlog
 from pydantic import Field
 
 from controller.commands import common
-from controller.commands.prewarm import add_prewarm_options, prewarm_with_progress, report
+from controller.commands.prewarm import (
+    add_prewarm_options,
+    exit_status,
+    prewarm_with_progress,
+    report,
+)
 from controller.prewarm import PrewarmResult
 from controller.samplestore import SampleStore
 from controller.sampling import SampleHeader, Setup
@@ -34,8 +39,10 @@ with a warning; the rest loads from storage. Remember that the page cache stays 
 to the init container's cgroup (the pod's) after it exits.
 
 exit status: 0 warmed (also partial because of the memory budget), 1 some files could
-not be read, 2 MODEL_PATH unusable (missing, not readable, no weight files) or bad
-input, 143 stopped by SIGTERM before the warm finished.
+not be read, files changed before their turn (warmed as they are now), or no memory
+budget at all (the reserve is larger than the headroom: nothing could be warmed), 2
+MODEL_PATH unusable (missing, not readable, no weight files) or bad input, 143 stopped by
+SIGTERM before the warm finished.
 
 examples:
   pagewarm init /models/llama-3-8b
@@ -86,7 +93,7 @@ def run(args: argparse.Namespace, settings: InitSettings) -> int:
     report(result, as_json=args.json)
     if cancel.is_set():
         return EXIT_TERMINATED
-    return 1 if result.file_errors else 0
+    return exit_status(result)
 
 
 def _record(

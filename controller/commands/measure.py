@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+import structlog
 
 from controller.commands import common
 from controller.commands.prewarm import add_prewarm_options, options_from
 from controller.evict import evict
 from controller.loaders import LOADERS
-from controller.measure import LoadTarget, MeasureError, Measurer
+from controller.measure import LoadTarget, MeasureError, Measurer, UnsavedSampleError
 from controller.samplestore import SampleStore
 from controller.sampling import ModeError, SampleHeader, Setup
 from controller.settings import BenchSettings
@@ -32,7 +35,13 @@ given with --mode or derived from that measurement; a load declared cold whose f
 in fact resident is recorded with the measured mode (declared_mode keeps what was said,
 mode_verified=false), never silently as cold.
 
-exit status: 0 the load succeeded, 1 it failed or timed out, 2 bad input.
+The files and the sample store are checked before anything is loaded: the wrong loader for
+the files, a corrupt safetensors header, or a store that cannot be written (a directory,
+/proc, a read-only directory) is one line and exit 2, and records nothing. A store that
+refuses the sample after the load gets it printed on stdout (one JSON line) instead.
+
+exit status: 0 the load succeeded, 1 it failed or timed out, or the store refused its
+sample (printed on stdout), 2 bad input.
 
 examples:
   pagewarm measure /models/llama-3-8b --evict --mode cold
@@ -43,6 +52,8 @@ examples:
   pagewarm measure /models/llama-3-8b --url http://127.0.0.1:8000/health   # already starting
   pagewarm measure /models/llama-3-8b -- python load_my_model.py
 """
+
+log = structlog.get_logger("pagewarm")
 
 MODES = (Mode.COLD, Mode.WARM, Mode.PREWARM_COLD, Mode.PREWARM_WARM)
 
@@ -106,6 +117,9 @@ def build_measurer(
         target = LoadTarget.build(args.loader, args.url, command)
     except MeasureError as exc:
         raise common.UsageError(str(exc)) from None
+    target.check_files(weight_set)
+    store = SampleStore(args.samples or settings.samples)
+    store.check_writable()  # before the load: a store that refuses the sample loses it
     timeout = args.timeout if args.timeout is not None else settings.load_timeout_seconds
     if timeout <= 0:
         raise common.UsageError("--timeout must be positive")
@@ -118,7 +132,7 @@ def build_measurer(
         ),
         target=target,
         probe=common.probe(settings),
-        store=SampleStore(args.samples or settings.samples),
+        store=store,
         timeout=timeout,
     )
 
@@ -126,6 +140,23 @@ def build_measurer(
 def run(args: argparse.Namespace, settings: BenchSettings) -> int:
     weight_set = common.weight_set(args, settings)
     measurer = build_measurer(args, settings, weight_set, "measure")
+    try:
+        return _measure(args, settings, weight_set, measurer)
+    except UnsavedSampleError as exc:
+        return show_unsaved(exc)
+
+
+def show_unsaved(exc: UnsavedSampleError) -> int:
+    """The store refused a sample after its measurement: the sample on stdout (one JSON
+    line), nothing measured lost; exit status 1."""
+    log.error(str(exc))
+    sys.stdout.write(exc.sample.to_json_line())
+    return 1
+
+
+def _measure(
+    args: argparse.Namespace, settings: BenchSettings, weight_set: WeightSet, measurer: Measurer
+) -> int:
     if args.evict:
         evict(weight_set, measurer.probe)
     prewarm_sample = None

@@ -32,8 +32,15 @@ The memory guard keeps the warm within MemAvailable and the memory cgroup's limi
 (page cache is charged to the cgroup that reads it) minus a reserve. A model larger
 than that budget is warmed up to it, in load order, and the result says 'partial'.
 
+The thread buffers of the read strategy take at most a quarter of the budget (fewer
+threads, smaller buffers when needed): a warm always makes progress when any budget
+exists, and fails (exit 1) with the reason when there is none. Each file is checked when
+its turn comes: one truncated, grown, rewritten or replaced since the model was listed is
+warmed as it is now, and named in the result.
+
 exit status: 0 warmed (or partial because of the memory budget), 1 some files failed
-(truncated, replaced or unreadable mid-warm; the rest were warmed), 2 bad input.
+(truncated, replaced or unreadable mid-warm; the rest were warmed), files changed before
+their turn, or no memory budget at all, 2 bad input.
 
 --profile FILE replays an engine's start-up profile first (`pagewarm profile record`):
 its libraries and configuration, in the order the engine reads them, with --io-depth
@@ -161,7 +168,13 @@ def run(args: argparse.Namespace, settings: ControllerSettings) -> int:
     if startup is not None and not args.json:
         report_replay(startup)
     report(result, as_json=args.json, startup=startup)
-    return 1 if result.file_errors else 0
+    return exit_status(result)
+
+
+def exit_status(result: PrewarmResult) -> int:
+    """1 when the warm failed (files not warmed, or nothing warmed for want of memory) or
+    the model changed under it: what is resident is not what was asked for."""
+    return 1 if result.failed or result.changed_files else 0
 
 
 def replay_profile(args: argparse.Namespace, settings: ControllerSettings) -> ReplayResult:
@@ -225,6 +238,16 @@ def prewarm_with_progress(
 def report(result: PrewarmResult, *, as_json: bool, startup: ReplayResult | None = None) -> None:
     for error in result.file_errors:
         log.error("file not warmed", path=error.path, error=error.error)
+    for change in result.changed_files:
+        log.warning(
+            "file changed before its turn, warmed as it is now",
+            path=change.path,
+            change=str(change.change),
+            planned_size=change.planned_size,
+            size=change.size,
+        )
+    if result.failure_reason:
+        log.error("pre-warm failed", reason=result.failure_reason)
     if result.partial:
         log.warning(
             "pre-warm partial",
@@ -255,4 +278,9 @@ def report(result: PrewarmResult, *, as_json: bool, startup: ReplayResult | None
     ]
     if result.partial:
         lines.append(f"PARTIAL: {result.partial_reason}")
+    if result.changed_files:
+        lines.append(f"CHANGED: {len(result.changed_files)} file(s) changed before their turn")
+        lines += [f"  {c.path}: {c.describe()}" for c in result.changed_files]
+    if result.failure_reason:
+        lines.append(f"FAILED: {result.failure_reason}")
     print("\n".join(lines))

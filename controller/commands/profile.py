@@ -21,6 +21,7 @@ from controller.profile.schema import (
 from controller.profile.session import RecordError, RecordOptions, record_command
 from controller.settings import ControllerSettings
 from controller.units import format_bytes
+from controller.writable import check_directory, check_file
 from exporter.models import ModelSpec
 from exporter.weightset import discover
 
@@ -139,6 +140,9 @@ def run_record(args: argparse.Namespace, settings: ControllerSettings) -> int:
     if args.interval <= 0 or args.timeout <= 0:
         raise common.UsageError("--interval and --timeout must be positive")
     key, exclude = _key(args, settings)
+    # Before the recording: a start-up recorded into a path that refuses it is lost.
+    check_file(args.out, "--out")
+    check_directory(args.out.parent, "--out's directory")  # the atomic rename writes there
     options = RecordOptions(
         key=key,
         ready_url=args.ready_url,

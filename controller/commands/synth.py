@@ -13,6 +13,12 @@ Write a synthetic, valid safetensors model: bf16 Llama-shaped tensors of random 
 (never zeros) in SHARDS files, with model.safetensors.index.json and config.json. For
 demos, tests and benchmarks; loads with the safetensors library and transformers' config.
 
+The weights come within 0.1% below --size; a size below one layer of the narrowest shape
+(about 7MiB) is refused. A directory that holds anything is refused unless --force (its
+config.json and shards of the same names would be overwritten).
+
+exit status: 0 written, 2 bad input (nothing written).
+
 examples:
   pagewarm synth /tmp/model --size 2GiB --shards 4
   pagewarm synth /data/llama-16g --size 16GiB --shards 8 --threads 16
@@ -35,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--shards", type=int, default=4, help="number of .safetensors files")
     parser.add_argument("--threads", type=int, default=4, help="parallel writers")
+    parser.add_argument(
+        "--force", action="store_true", help="write into a directory that is not empty"
+    )
     common.add_json(parser)
     parser.set_defaults(func=run)
 
@@ -46,8 +55,8 @@ def run(args: argparse.Namespace, settings: CommonSettings) -> int:
         raise common.UsageError(
             f"synth needs numpy: pip install 'pagewarm[bench]' ({exc})"
         ) from None
-    if args.shards < 1 or args.size < 1 << 20:
-        raise common.UsageError("--shards must be >= 1 and --size at least 1MiB")
+    if args.shards < 1 or args.threads < 1:
+        raise common.UsageError("--shards and --threads must be at least 1")
     path = common.model_path(args, settings)
     if path.exists() and not path.is_dir():
         raise common.UsageError(f"{path} exists and is not a directory")
@@ -57,6 +66,7 @@ def run(args: argparse.Namespace, settings: CommonSettings) -> int:
             args.size,
             args.shards,
             threads=args.threads,
+            force=args.force,
             on_progress=lambda done, _total: update(done),
         )
     if args.json:

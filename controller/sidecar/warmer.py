@@ -207,7 +207,12 @@ class Warmer:
             "throughput": format_rate(result.throughput_bytes_per_second),
             "resident_ratio_after": result.after.ratio,
         }
-        if result.file_errors:
+        for change in result.changed_files:
+            log.warning("file changed before its turn", path=change.path, detail=change.describe())
+        if result.failure_reason:
+            warm.phase, warm.detail = WarmPhase.FAILED, result.failure_reason
+            log.error("pre-warm failed", detail=warm.detail, **fields)
+        elif result.file_errors:
             warm.phase = WarmPhase.FAILED
             warm.detail = f"{len(result.file_errors)} file(s) not warmed: " + "; ".join(
                 f"{e.path}: {e.error}" for e in result.file_errors
@@ -235,8 +240,9 @@ class Warmer:
         else:
             residency = await asyncio.to_thread(self.probe.measure, ws)
             memory = await asyncio.to_thread(MemoryGuard(self.config.reserve_bytes).snapshot)
-            reason = why_not_permitted(ws.total_bytes) or why_not_affordable(
-                ws.total_bytes, residency.cached_bytes, memory
+            # The size now (a shard may have changed since the model was found).
+            reason = why_not_permitted(residency.size_bytes) or why_not_affordable(
+                residency.size_bytes, residency.cached_bytes, memory
             )
         if reason is None:
             try:

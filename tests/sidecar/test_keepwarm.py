@@ -115,7 +115,9 @@ def test_keep_warm_stays_within_the_memory_budget(
     assert keep["rewarm_bytes_total"] == 0
     assert "memory budget reached" in keep["last_note"]
     [warm] = sidecar.samples("prewarm")
-    assert warm["partial"] is True and "memory budget" in warm["partial_reason"]
+    # No budget at all is a failed warm (never a 0-byte "partial" one), with the reason.
+    assert warm["outcome"] == "failed" and warm["partial"] is False
+    assert "no memory budget to warm anything" in warm["error"]
     assert sidecar.terminate() == 0
 
 
