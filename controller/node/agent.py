@@ -33,7 +33,7 @@ from controller.node.features import FeatureFile
 from controller.node.room import make_room
 from controller.node.settings import NodeSettings
 from controller.node.state import BackoffReason, ModelWarmth, NodeMap, feature_lines
-from controller.prewarm import PrewarmOptions, PrewarmProgress, prewarm
+from controller.prewarm import READ_STEP_BYTES, PrewarmOptions, PrewarmProgress, prewarm
 from controller.ratelimit import RateLimiter
 from controller.units import MiB
 from exporter.linux.psi import memory_pressure_file, some_avg10
@@ -241,12 +241,14 @@ class NodeAgent:
         """The guard to re-read ``model`` with: when the budget left cannot hold what it
         misses, lower priorities' pages are dropped first and the budget taken again."""
         budget = guard.budget_bytes
-        shortfall = _missing(residency[model.name]) - (budget or 0) + guard.granted_bytes
+        # The re-read's buffers (read strategy) come out of the same budget first.
+        buffers = self.options.threads * READ_STEP_BYTES
+        shortfall = _missing(residency[model.name]) + buffers - (budget or 0) + guard.granted_bytes
         if budget is None or shortfall <= 0:
             return guard
         priority = config.priority_of(model.name)
         lower = [m for m in reversed(order) if config.priority_of(m.name) < priority]
-        freed = make_room(shortfall, [residency[m.name] for m in lower])
+        freed = make_room(shortfall, [residency[m.name] for m in lower], self.probe)
         if not freed:
             return guard
         for other in lower:

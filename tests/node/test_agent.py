@@ -11,8 +11,12 @@ import pytest
 
 from controller.node.agent import NodeAgent
 from controller.node.config import ConfigError, ConfigFile, parse_config
+from controller.node.room import WINDOW_BYTES, make_room
 from controller.node.settings import NodeSettings
+from controller.prewarm import prewarm
 from controller.synth import synth
+from exporter.residency import ResidencyProbe
+from exporter.weightset import discover
 from tests.node.nfd import read_features_dir
 from tests.support import evict_path, pagewarm
 
@@ -187,3 +191,20 @@ def test_no_models_or_a_broken_config_at_start_is_a_usage_error(models: Path) ->
     assert done.returncode == 2
     assert "unique" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_room_is_made_from_the_end_backwards_and_only_as_much_as_needed(models: Path) -> None:
+    probe = ResidencyProbe()
+    weight_set = discover(models / "big")
+    prewarm(weight_set, probe=probe)
+    before = probe.measure(weight_set)
+    assert before.ratio is not None and before.ratio >= 0.95
+    freed = make_room(5 * MiB, [before], probe)
+    after = probe.measure(weight_set)
+    assert before.cached_bytes is not None and after.cached_bytes is not None
+    dropped = before.cached_bytes - after.cached_bytes
+    assert 5 * MiB <= freed <= 5 * MiB + WINDOW_BYTES
+    assert dropped == pytest.approx(freed, abs=WINDOW_BYTES)
+    first, last = after.files[0], after.files[-1]
+    assert first.cached_bytes == before.files[0].cached_bytes  # the load order's start stays
+    assert last.cached_bytes is not None and last.cached_bytes < before.files[-1].size

@@ -337,10 +337,8 @@ def test_config_change_reorders_priorities_and_a_broken_one_keeps_the_last_good(
         lambda t: t["low"] >= WARM and t["high"] < 0.9,
     )
     assert truth["low"] >= WARM
-    labels = wait_until(
-        "the labels to follow", node.labels, lambda lab: warm_label_key("high") not in lab
-    )
-    assert warm_label_key("low") in labels
+    only_low = {warm_label_key("low"): "true"}
+    assert wait_until("the labels to follow", node.labels, lambda lab: lab == only_low) == only_low
     assert node.status()["config"]["reloads"] >= 1
     node.config.write_text("models: [{name: low, path: /x}, {name: low, path: /y}]\n")
     status = wait_until(
@@ -349,4 +347,5 @@ def test_config_change_reorders_priorities_and_a_broken_one_keeps_the_last_good(
     assert "unique" in status["config"]["error"]
     assert {m["name"] for m in status["models"]} == {"high", "low"}  # the last good one
     prom.wait_for_value('pagewarm_node_config_valid{node="node-c"}', lambda v: v == 0.0, 30)
-    assert warm_label_key("low") in node.labels()
+    # The last good config still rules: low stays the one kept warm and labelled.
+    assert wait_until("low labelled", node.labels, lambda lab: lab == only_low) == only_low
