@@ -25,7 +25,7 @@ WINDOW_BYTES = 2 * MiB
 
 def make_room(needed_bytes: int, lower: Sequence[ModelResidency], probe: ResidencyProbe) -> int:
     """Drop pages of ``lower`` (lowest priority first) until ``needed_bytes`` are freed
-    (or nothing is left to drop); the bytes freed, as cachestat counted them."""
+    (or nothing is left to drop); the bytes freed, as cachestat counts them after."""
     freed = 0
     for residency in lower:
         for found in reversed(residency.files):
@@ -50,7 +50,8 @@ def _trim(found: FileResidency, wanted: int, probe: ResidencyProbe) -> int:
                 cached = probe.cached_bytes(fd, offset, length)
                 if cached:
                     os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-                    freed += cached
+                    # Counted after: pages locked for I/O or mapped stay, and free nothing.
+                    freed += cached - (probe.cached_bytes(fd, offset, length) or 0)
     except OSError:
         pass  # vanished or unreadable: nothing more of it to free
     return freed
