@@ -22,7 +22,7 @@ are warm. The agent of the chart's node mode (a DaemonSet), one per node.
 Each --interval, cachestat tells which ranges of which model are resident; only what is
 missing is read back, highest priority first, rate-limited (--rate-limit, node-wide),
 within the memory budget (MemAvailable and the agent's cgroup, less --reserve). It never
-fights the kernel: under memory pressure (PSI 'some avg10' above the threshold) it holds
+fights the kernel: under memory pressure (PSI 'some' above the threshold) it holds
 off; a model evicted more than N times in a window is not re-read (reported thrashing);
 when the budget is short, a lower priority is left partial before a higher one loses pages.
 

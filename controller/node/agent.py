@@ -36,7 +36,7 @@ from controller.node.state import BackoffReason, ModelWarmth, NodeMap, feature_l
 from controller.prewarm import READ_STEP_BYTES, PrewarmOptions, PrewarmProgress, prewarm
 from controller.ratelimit import RateLimiter
 from controller.units import MiB
-from exporter.linux.psi import memory_pressure_file, some_avg10
+from exporter.linux.psi import memory_pressure_file, read_some
 from exporter.models import ModelScanner, WatchedModel
 from exporter.residency import ModelResidency, ResidencyProbe, measure_scan
 
@@ -46,6 +46,8 @@ log = structlog.get_logger("pagewarm")
 EVICTION_MIN_BYTES = 1 * MiB
 # While re-reading, PSI is read again at most this often.
 PRESSURE_RECHECK_SECONDS = 0.1
+# The stalled share is taken over at least this long (shorter windows are noise).
+PSI_SAMPLE_SECONDS = 0.25
 
 
 @dataclass(slots=True)
@@ -101,6 +103,8 @@ class NodeAgent:
         self._lock = threading.Lock()  # one pass at a time
         self._budget_bytes: int | None = None  # of the last pass that looked
         self._last_stopped_by: str | None = None
+        self._psi_sample: tuple[int, float] = (0, 0.0)  # (total us, time.monotonic())
+        self._psi_share = 0.0
         self.map = self._snapshot((), _PassOutcome())
 
     # -- the pass ------------------------------------------------------------------------
@@ -264,12 +268,23 @@ class NodeAgent:
         report("keep-warm backed off", reason=reason.value, detail=detail or None)
 
     def pressure(self) -> float | None:
+        """PSI memory ``some``, percent: avg10, or the stalled share of the time since the
+        last sample (from the cumulative total) when higher, so that a burst counts at once
+        rather than after avg10's smoothing (a few ms of reclaim in ten seconds rounds to
+        0.00 there)."""
         if self.pressure_path is None:
             return None
         try:
-            return some_avg10(self.pressure_path)
-        except (OSError, ValueError):
+            avg10, total = read_some(self.pressure_path)
+        except (OSError, ValueError, KeyError):
             return None
+        now = time.monotonic()
+        last_total, last_time = self._psi_sample
+        if now - last_time >= PSI_SAMPLE_SECONDS:
+            if last_time > 0:
+                self._psi_share = 100 * (total - last_total) / 1e6 / (now - last_time)
+            self._psi_sample = (total, now)
+        return max(avg10, self._psi_share)
 
     def _under_pressure(self) -> bool:
         """Above the threshold now (which starts or extends a hold-off), or held off."""

@@ -83,7 +83,8 @@ class NodeCollector:
         if node_map.memory_pressure is not None:
             pressure = gauge(
                 "pagewarm_node_memory_pressure_ratio",
-                "PSI memory 'some avg10' of the agent's cgroup (or the node), as a ratio.",
+                "PSI memory 'some' of the agent's cgroup (or the node): avg10 or the recent "
+                "stalled share, whichever is higher, as a ratio.",
             )
             pressure.add_metric([], node_map.memory_pressure / 100)
             yield pressure

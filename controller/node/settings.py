@@ -67,7 +67,8 @@ class NodeSettings(ControllerSettings, ExporterSettings):
         default=10.0,
         ge=0,
         le=100,
-        description="Back off when PSI memory 'some avg10' (percent) exceeds this.",
+        description="Back off when PSI memory 'some' (avg10, or the stalled share since the "
+        "last look, percent) exceeds this.",
     )
     node_pressure_hold_off: float = Field(
         default=60.0, ge=0, description="Seconds without re-reading after memory pressure."

@@ -65,7 +65,7 @@ class NodeMap:
     config: ConfigStatus
     backoffs: dict[str, int]
     budget_bytes: int | None
-    memory_pressure: float | None  # PSI some avg10, percent; None: no PSI here
+    memory_pressure: float | None  # PSI some, percent (agent.pressure); None: no PSI
     pressure_source: str | None
     hold_off_seconds_left: float
     passes: int
@@ -93,7 +93,7 @@ class NodeMap:
             },
             "backoffs": dict(self.backoffs),
             "budget_bytes": self.budget_bytes,
-            "memory_pressure_some_avg10": self.memory_pressure,
+            "memory_pressure_some_percent": self.memory_pressure,
             "memory_pressure_source": self.pressure_source,
             "hold_off_seconds_left": round(self.hold_off_seconds_left, 3),
             "passes": self.passes,

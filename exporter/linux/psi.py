@@ -1,6 +1,6 @@
 """Pressure stall information (PSI): how much of the recent time tasks waited on memory.
 
-``some avg10`` is the share (percent) of the last ten seconds in which at least one task
+``some`` is the share of time in which at least one task
 of the cgroup (or of the whole system) stalled on memory: reclaim, refaults of pages just
 evicted, swap-in. It rises when the page cache is fought over, which is exactly when
 re-reading evicted pages only fights the kernel's reclaim.
@@ -19,17 +19,16 @@ from exporter.linux.mountinfo import parse_mountinfo
 SYSTEM_MEMORY_PRESSURE = Path("/proc/pressure/memory")
 
 
-def some_avg10(path: Path) -> float:
-    """The ``some avg10`` percentage of a PSI file; OSError or ValueError when unreadable."""
+def read_some(path: Path) -> tuple[float, int]:
+    """``some`` of a PSI file: (avg10 percent, total stalled microseconds); OSError or
+    ValueError when unreadable."""
     for line in path.read_text().splitlines():
         kind, _, rest = line.partition(" ")
         if kind != "some":
             continue
-        for field in rest.split():
-            name, _, value = field.partition("=")
-            if name == "avg10":
-                return float(value)
-    raise ValueError(f"{path}: no 'some avg10' field")
+        fields = dict(field.partition("=")[::2] for field in rest.split())
+        return float(fields["avg10"]), int(fields["total"])
+    raise ValueError(f"{path}: no 'some' line")
 
 
 def memory_pressure_file(
