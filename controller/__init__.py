@@ -5,7 +5,7 @@ side by side in one layer not from each other (import-linter keeps this: pyproje
 
 - ``cli``: the ``pagewarm`` command line (imports one command module, lazily);
 - ``commands``: one module per subcommand: parse flags, call the domain, print;
-- ``sidecar`` (and the planned node agent, ``node``): long-running processes;
+- ``sidecar``, ``node`` (the node agent): long-running processes;
 - ``bench`` (the cold/warm procedure), ``report`` (CSV, markdown, plot from samples);
 - ``measure``: one timed load and its sample;
 - ``sampling`` (mode thresholds, ``Setup``, the sample header, pre-warm fields),

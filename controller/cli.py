@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "controller.commands.scheduler",
     "controller.commands.sidecar",
     "controller.commands.init",
+    "controller.commands.node",
 )
 
 DESCRIPTION = """\

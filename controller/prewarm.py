@@ -146,6 +146,7 @@ class _Run:
         progress: PrewarmProgress,
         on_progress: Callable[[PrewarmProgress], None] | None,
         cancel: threading.Event,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.options = options
         self.strategy, self.strategy_reason = choose_strategy(options.strategy)
@@ -154,7 +155,7 @@ class _Run:
         self.progress = progress
         self.on_progress = on_progress
         self.cancel = cancel
-        self.limiter = RateLimiter(options.rate_limit_bytes_per_second)
+        self.limiter = limiter or RateLimiter(options.rate_limit_bytes_per_second)
         if options.rate_limit_bytes_per_second:
             self.step = RATE_LIMITED_STEP_BYTES
         else:
@@ -352,8 +353,10 @@ def prewarm(
     on_progress: Callable[[PrewarmProgress], None] | None = None,
     cancel: threading.Event | None = None,
     progress: PrewarmProgress | None = None,
+    limiter: RateLimiter | None = None,
 ) -> PrewarmResult:
-    """Warm ``weight_set`` (blocking: run it in a thread from async code)."""
+    """Warm ``weight_set`` (blocking: run it in a thread from async code). A ``limiter``
+    shared between runs holds their sum to one rate (the node agent's re-warms)."""
     options = options or PrewarmOptions()
     probe = probe or ResidencyProbe()
     guard = guard or MemoryGuard()
@@ -370,6 +373,7 @@ def prewarm(
         progress=progress,
         on_progress=on_progress,
         cancel=cancel,
+        limiter=limiter,
     )
     started = time.perf_counter()
     with ThreadPoolExecutor(run.threads, thread_name_prefix="prewarm") as pool:

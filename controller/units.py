@@ -49,3 +49,15 @@ def format_rate(bytes_per_second: float) -> str:
 
 def format_ratio(ratio: float | None) -> str:
     return "unknown" if ratio is None else f"{ratio * 100:.1f}%"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """'30s' -> 30.0, '500ms' -> 0.5, '2m' -> 120.0; a bare number is seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (examples: 30s, 500ms, 2m, 45)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]

@@ -144,7 +144,12 @@ def prometheus_config(
     rule_files: Sequence[Path] = (),
     evaluation_interval: float | None = None,
     job: str = "pagewarm",
+    *,
+    static_configs: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """``static_configs`` (each ``{"targets": [...], "labels": {...}}``) replace the plain
+    list of ``targets`` where given: a fleet's agents, each with its ``node`` label."""
+    static = list(static_configs) if static_configs is not None else [{"targets": list(targets)}]
     return {
         "global": {
             "scrape_interval": _duration(scrape_interval),
@@ -152,7 +157,7 @@ def prometheus_config(
             "evaluation_interval": _duration(evaluation_interval or scrape_interval),
         },
         "rule_files": [str(p) for p in rule_files],
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(targets)}]}],
+        "scrape_configs": [{"job_name": job, "static_configs": static}],
     }
 
 
@@ -164,6 +169,7 @@ def running_prometheus(
     rule_files: Sequence[Path] = (),
     evaluation_interval: float | None = None,
     job: str = "pagewarm",
+    static_configs: Sequence[dict[str, Any]] | None = None,
 ) -> Iterator[PrometheusHandle]:
     """A real Prometheus scraping ``targets`` ("host:port") every ``scrape_interval`` s."""
     binary = require_binary("prometheus")
@@ -172,7 +178,14 @@ def running_prometheus(
         config = directory / "prometheus.yml"  # JSON is YAML
         config.write_text(
             json.dumps(
-                prometheus_config(targets, scrape_interval, rule_files, evaluation_interval, job)
+                prometheus_config(
+                    targets,
+                    scrape_interval,
+                    rule_files,
+                    evaluation_interval,
+                    job,
+                    static_configs=static_configs,
+                )
             )
         )
         port = free_port()
@@ -255,7 +268,22 @@ def running_exporter(
 ) -> Iterator[ExporterHandle]:
     """``pagewarm exporter --host 127.0.0.1 --port 0 *args`` in a new process (optionally as
     another uid), stopped with SIGTERM afterwards."""
-    argv = [sys.executable, "-m", "controller.cli", "exporter", "--host", "127.0.0.1"]
+    with running_server("exporter", *args, env=env, user=user) as handle:
+        yield handle
+
+
+@contextmanager
+def running_server(
+    command: str,
+    *args: str | os.PathLike[str],
+    env: dict[str, str] | None = None,
+    user: int | None = None,
+    prefix: Sequence[str] = (),
+) -> Iterator[ExporterHandle]:
+    """``pagewarm COMMAND --host 127.0.0.1 --port 0 *args`` (a command that serves, like the
+    exporter or the node agent) in a new process, started through ``prefix`` (``sh -c
+    'join a cgroup; exec "$@"' sh``) where given, stopped with SIGTERM afterwards."""
+    argv = [*prefix, sys.executable, "-m", "controller.cli", command, "--host", "127.0.0.1"]
     argv += ["--port", "0", *map(str, args)]
     if user is not None:
         setpriv = require_binary("setpriv")
@@ -272,7 +300,8 @@ def running_exporter(
         if not listening.wait(START_TIMEOUT_SECONDS) or not any(
             line.get("event") == "serving" for line in logs
         ):
-            raise AssertionError(f"exporter did not start (exit {process.poll()}): {logs}")
+            exit_status = process.poll()
+            raise AssertionError(f"pagewarm {command} did not start (exit {exit_status}): {logs}")
         port = next(int(line["port"]) for line in logs if line.get("event") == "serving")
         yield ExporterHandle(process, port, logs)
     finally:
