@@ -231,61 +231,6 @@ httpGet:
     {{- include "pagewarm.modelMounts" . | nindent 4 }}
 {{- end }}
 
-{{/* mode node: the exporter over the node's model cache directory */}}
-{{- define "pagewarm.container.nodeExporter" -}}
-- name: pagewarm
-  image: {{ include "pagewarm.image" . }}
-  imagePullPolicy: {{ .Values.image.pullPolicy }}
-  args:
-    - exporter
-    - --models-dir
-    - {{ .Values.node.mountPath | quote }}
-    - --port
-    - {{ .Values.pagewarm.port | int | quote }}
-    {{- with .Values.pagewarm.extraArgs }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
-  env:
-    {{- include "pagewarm.env" . | nindent 4 }}
-  ports:
-    {{- include "pagewarm.ports" . | nindent 4 }}
-  readinessProbe:
-    {{- include "pagewarm.healthzProbe" . | nindent 4 }}
-    periodSeconds: 10
-    timeoutSeconds: 5
-  livenessProbe:
-    {{- include "pagewarm.healthzProbe" . | nindent 4 }}
-    periodSeconds: 10
-    timeoutSeconds: 5
-    failureThreshold: 6
-  resources:
-    {{- toYaml .Values.node.resources | nindent 4 }}
-  securityContext:
-    {{- include "pagewarm.securityContext" (dict "root" . "ipcLock" false) | nindent 4 }}
-  volumeMounts:
-    - name: pagewarm-state
-      mountPath: {{ include "pagewarm.statePath" . }}
-    - name: node-models
-      mountPath: {{ .Values.node.mountPath | quote }}
-      readOnly: true
-      mountPropagation: {{ .Values.node.mountPropagation }}
-    {{- with .Values.pagewarm.extraVolumeMounts }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
-{{- end }}
-
-{{/*
-mode node: the DaemonSet's volumes. One list, built here, so that what node mode grows (the
-node agent's config volume, the hostPath it writes Node Feature Discovery's feature files
-to) is one more entry here and one more mount in container.nodeExporter.
-*/}}
-{{- define "pagewarm.nodeVolumes" -}}
-{{- $volumes := list
-  (dict "name" "node-models" "hostPath" (dict "path" .Values.node.hostPath "type" .Values.node.hostPathType))
-  (merge (dict "name" "pagewarm-state") (deepCopy .Values.pagewarm.stateVolume)) }}
-{{- toYaml $volumes }}
-{{- end }}
-
 {{/* pagewarm's init containers (sidecar or init mode), in the order the kubelet runs them */}}
 {{- define "pagewarm.initContainers" -}}
 {{- if eq .Values.mode "sidecar" -}}
