@@ -439,6 +439,7 @@ def test_the_rules_file_loads_and_evaluates_cleanly(live: Live) -> None:
         "pagewarm.scheduler",
         "pagewarm.load-duration",
         "pagewarm.residency",
+        "pagewarm.warm-nodes",
         "pagewarm.alerts",
     }
     for group in groups:
