@@ -209,6 +209,7 @@ def test_every_series_carries_the_node() -> None:
         ({"placement.labelPrefix": "pagewarm.io"}, "/placement/labelPrefix"),
         ({"placement.weight": 0}, "/placement/weight"),
         ({"placement.preferWarmNodes": "yes"}, "/placement/preferWarmNodes"),
+        ({"monitoring.prometheusRule.modelReplicas": {"a": 0}}, "modelReplicas"),
     ],
 )
 def test_schema_refuses(overrides: dict[str, Any], where: str) -> None:
