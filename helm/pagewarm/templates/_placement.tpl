@@ -14,7 +14,9 @@ the name's sha256. Empty when the name has no letter or digit.
 */}}
 {{- define "pagewarm.warmSlug" -}}
 {{- $name := toString . }}
-{{- $slug := regexReplaceAll "[^a-z0-9._-]+" (lower $name) "-" }}
+{{- /* Python's str.lower() maps U+0130 (İ) to "i" and a combining dot, Go's to "i": the one
+letter whose full and simple lowercase differ. */}}
+{{- $slug := regexReplaceAll "[^a-z0-9._-]+" (lower (replace "\u0130" "i\u0307" $name)) "-" }}
 {{- $slug = regexReplaceAll "^[^a-z0-9]+|[^a-z0-9]+$" $slug "" }}
 {{- if gt (len (printf "warm-%s" $slug)) 63 }}
 {{- $slug = printf "%s-%s" (substr 0 49 $slug) (sha256sum $name | trunc 8) }}
