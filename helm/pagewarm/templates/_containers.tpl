@@ -5,7 +5,7 @@ The containers and volumes of the pod. The Deployment, the DaemonSet and the sni
 
 {{/*
 Hardened securityContext, with pagewarm.securityContext merged over it (what the user sets
-wins); call with (dict "root" $ "ipcLock" bool). A null runAsUser/runAsGroup is left out
+wins); call with (dict "root" $ "ipcLock" bool "ptrace" bool). A null runAsUser/runAsGroup is left out
 (platforms such as OpenShift's restricted SCC assign one).
 */}}
 {{- define "pagewarm.securityContext" -}}
@@ -16,6 +16,9 @@ wins); call with (dict "root" $ "ipcLock" bool). A null runAsUser/runAsGroup is 
 {{- end }}
 {{- if .ipcLock }}
 {{- $add = append $add "IPC_LOCK" }}
+{{- end }}
+{{- if .ptrace }}
+{{- $add = append $add "SYS_PTRACE" }}
 {{- end }}
 {{- $capabilities := dict "drop" (list "ALL") }}
 {{- with $add }}
@@ -145,6 +148,9 @@ httpGet:
     {{- end }}
   env:
     {{- include "pagewarm.env" . | nindent 4 }}
+    {{- if include "pagewarm.startupProfileEnabled" . }}
+    {{- include "pagewarm.startupProfileEnv" . | nindent 4 }}
+    {{- end }}
   ports:
     {{- include "pagewarm.ports" . | nindent 4 }}
   # Passes once the gate is open (weights resident, or the gate's policy or timeout says so).
@@ -163,13 +169,16 @@ httpGet:
   resources:
     {{- include "pagewarm.warmerResources" . | nindent 4 }}
   securityContext:
-    {{- include "pagewarm.securityContext" (dict "root" . "ipcLock" .Values.sidecar.mlock) | nindent 4 }}
+    {{- include "pagewarm.securityContext" (dict "root" . "ipcLock" .Values.sidecar.mlock "ptrace" (include "pagewarm.startupProfileEnabled" .)) | nindent 4 }}
   volumeMounts:
     {{- include "pagewarm.modelMounts" . | nindent 4 }}
     {{- if .Values.sidecar.vllmLog.enabled }}
     - name: pagewarm-vllm-log
       mountPath: {{ dir .Values.sidecar.vllmLog.path | quote }}
       readOnly: true
+    {{- end }}
+    {{- with include "pagewarm.startupProfileMounts" . }}
+    {{- . | nindent 4 }}
     {{- end }}
 {{- end }}
 
@@ -396,5 +405,6 @@ httpGet:
 {{- $volumes = append $volumes (dict "name" "pagewarm-vllm-log" "emptyDir" (dict "sizeLimit" "64Mi")) }}
 {{- $volumes = append $volumes (dict "name" "pagewarm-vllm-logging" "configMap" (dict "name" (printf "%s-vllm-logging" (include "pagewarm.fullname" .)))) }}
 {{- end }}
+{{- $volumes = concat $volumes (include "pagewarm.startupProfileVolumes" . | fromYamlArray) }}
 {{- toYaml $volumes }}
 {{- end }}

@@ -16,6 +16,7 @@ Checks of values that the schema cannot express. Each failure says what to chang
 {{- if eq $v.mode "node" }}
 {{- include "pagewarm.validateNode" . }}
 {{- end }}
+{{- include "pagewarm.validateStartupProfile" . }}
 {{- if include "pagewarm.warms" . }}
 {{- include "pagewarm.validateImage" (dict "name" "vllm.image" "image" $v.vllm.image) }}
 {{- include "pagewarm.validateModel" . }}
