@@ -1,6 +1,6 @@
 """Dashboard "pagewarm / Node and model cache": which node holds which model warm (the node
-agents' warm map, and per model how many nodes), what one node holds in its page cache, per model and per file, what it evicts, and the block devices
-the weights are read from."""
+agents' warm map, and per model how many nodes), what one node holds in its page cache,
+per model and per file, what it evicts, and the block devices the weights are read from."""
 
 from __future__ import annotations
 

@@ -141,7 +141,7 @@ def test_the_snippet_shares_the_namespace_and_sets_the_profile() -> None:
     spec = chart.pod_spec(chart.snippet_patch(rendered))
     assert spec["shareProcessNamespace"] is True
     sidecar = chart.container(spec, "pagewarm")
-    assert PROFILE_ENV <= {e["name"] for e in sidecar["env"]}
+    assert {e["name"] for e in sidecar["env"]} >= PROFILE_ENV
     assert profile_volume(spec) is not None
 
 
