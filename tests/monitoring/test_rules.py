@@ -324,36 +324,33 @@ def test_recording_rules_follow_the_naming_convention() -> None:
         assert RECORDING_NAME.fullmatch(name), name
 
 
-def test_the_expected_schedulers_are_one_opt_in_expression() -> None:
-    """The chart sets the expected schedulers by replacing this one recording's expression;
-    as shipped it records nothing (the check is opt-in), and it is evaluated before the
-    alert that reads it (same group, earlier)."""
+@pytest.mark.parametrize(
+    ("group_name", "recording", "alert"),
+    [
+        (
+            "pagewarm.scheduler",
+            "pagewarm:io_scheduler_expected:info",
+            "PagewarmSchedulerUnexpected",
+        ),
+        (
+            "pagewarm.warm-nodes",
+            "pagewarm:model_warm_nodes_expected:count",
+            "PagewarmModelWarmOnTooFewNodes",
+        ),
+    ],
+    ids=["expected-schedulers", "model-replicas"],
+)
+def test_an_opt_in_check_is_one_expression(group_name: str, recording: str, alert: str) -> None:
+    """The chart opts in (the expected schedulers, each model's replicas) by replacing this
+    one recording's expression; as shipped it records nothing (the check is opt-in), and it
+    is evaluated before the alert that reads it (same group, earlier)."""
     document = yaml.safe_load(RULES.read_text())
-    (group,) = [g for g in document["groups"] if g["name"] == "pagewarm.scheduler"]
+    (group,) = [g for g in document["groups"] if g["name"] == group_name]
     names = [r.get("record") or r.get("alert") for r in group["rules"]]
-    expected = names.index("pagewarm:io_scheduler_expected:info")
-    assert names.index("PagewarmSchedulerUnexpected") > expected
-    assert group["rules"][expected] == {
-        "record": "pagewarm:io_scheduler_expected:info",
-        "expr": "vector(1) unless vector(1)",
-    }
-    assert RULES.read_text().count("record: pagewarm:io_scheduler_expected:info\n") == 1
-
-
-def test_the_expected_warm_nodes_are_one_opt_in_expression() -> None:
-    """The chart sets each model's replicas by replacing this one recording's expression;
-    as shipped it records nothing (the alert is opt-in), and it is evaluated before the
-    alert that reads it (same group, earlier)."""
-    document = yaml.safe_load(RULES.read_text())
-    (group,) = [g for g in document["groups"] if g["name"] == "pagewarm.warm-nodes"]
-    names = [r.get("record") or r.get("alert") for r in group["rules"]]
-    expected = names.index("pagewarm:model_warm_nodes_expected:count")
-    assert names.index("PagewarmModelWarmOnTooFewNodes") > expected
-    assert group["rules"][expected] == {
-        "record": "pagewarm:model_warm_nodes_expected:count",
-        "expr": "vector(1) unless vector(1)",
-    }
-    assert RULES.read_text().count("record: pagewarm:model_warm_nodes_expected:count\n") == 1
+    expected = names.index(recording)
+    assert names.index(alert) > expected
+    assert group["rules"][expected] == {"record": recording, "expr": "vector(1) unless vector(1)"}
+    assert RULES.read_text().count(f"record: {recording}\n") == 1
 
 
 def test_the_cold_load_fleet_test_is_the_generated_one() -> None:
