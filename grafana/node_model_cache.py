@@ -1,6 +1,6 @@
-"""Dashboard "pagewarm / Node and model cache": which node holds which model warm, what one
-node holds in its page cache, per model and per file, what it evicts, and the block devices
-the weights are read from."""
+"""Dashboard "pagewarm / Node and model cache": which node holds which model warm (the node
+agents' warm map, and per model how many nodes), what one node holds in its page cache,
+per model and per file, what it evicts, and the block devices the weights are read from."""
 
 from __future__ import annotations
 
@@ -44,11 +44,64 @@ def build() -> models.Dashboard:
             "and I/O schedulers behind the models, and the exporter's own health."
         ),
     )
+    _warm_map(board)
     _residency(board)
     _eviction(board)
     _devices(board)
     _exporter(board)
     return board.build()
+
+
+# pagewarm_model_warm is 0 or 1: red cold, green warm.
+WARM_STEPS: tuple[tuple[float | None, str], ...] = ((None, "red"), (1, "green"))
+
+
+def _warm_map(board: Dashboard) -> None:
+    board.row("Warm map (node agents)")
+    board.panel(
+        matrix_panel(
+            "Node x model: warm",
+            "What the node agents (pagewarm node, the chart's node mode) keep warm: a row per "
+            "node, a column per model in the agents' lists, green where the agent reports the "
+            "model warm (pagewarm_model_warm 1: at least its warm threshold resident, with "
+            "hysteresis), red where it is not. These cells are the node labels "
+            "pagewarm.io/warm-<model>=true that NFD sets, which the vLLM Deployments prefer. "
+            "If a cell stays red, the agent's memory budget is taken by higher "
+            "priorities, the node is under memory pressure, or the model thrashes (the "
+            "agent's /status says which). An empty cell: that node's agent does not list "
+            "the model.",
+            units.NoUnit,
+            Query(
+                f"max by (node, model) (pagewarm_model_warm{{{MODEL}}})",
+                instant=True,
+            ),
+            Size(16, 8),
+            rows="node",
+            columns="model",
+            steps=WARM_STEPS,
+        )
+    )
+    board.panel(
+        bargauge_panel(
+            "Warm nodes per model",
+            "Per model, the nodes whose agent holds it warm (pagewarm:model_warm_nodes:count). "
+            "A pod of the model that is scaled out or rescheduled starts warm only on one of "
+            "these nodes: if a model runs more replicas than it has warm nodes, add it to "
+            "more agents' lists (node.models), raise its priority, or give the nodes more "
+            "memory. PagewarmModelWarmOnTooFewNodes (opt-in: "
+            "monitoring.prometheusRule.modelReplicas) alerts on it.",
+            units.NoUnit,
+            [
+                Query(
+                    'pagewarm:model_warm_nodes:count{cluster=~"$cluster", model=~"$model"}',
+                    "{{model}}",
+                    instant=True,
+                )
+            ],
+            Size(8, 8),
+            steps=((None, "red"), (1, "green")),
+        )
+    )
 
 
 def _residency(board: Dashboard) -> None:

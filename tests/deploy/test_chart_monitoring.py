@@ -238,6 +238,11 @@ def test_expected_schedulers_and_runbook_base_are_the_fleets_own(tmp_path: Path)
             }
         ],
     }
+    promtool_test(test, tmp_path)
+
+
+def promtool_test(test: Manifest, tmp_path: Path) -> None:
+    """`promtool test rules` of a unit test over the rendered rules (tmp_path/rules.yml)."""
     (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
     result = subprocess.run(
         [require_binary("promtool"), "test", "rules", "test.yml"],
@@ -248,6 +253,80 @@ def test_expected_schedulers_and_runbook_base_are_the_fleets_own(tmp_path: Path)
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_model_replicas_opt_in_to_the_warm_nodes_alert(tmp_path: Path) -> None:
+    """Each model's replicas become the one expected-replicas recording, and
+    PagewarmModelWarmOnTooFewNodes fires for the model warm on fewer nodes (a promtool
+    unit test run against the rules as rendered, model names with slashes included)."""
+    replicas = {"llama-8b": 3, "Qwen/Qwen2.5-7B-Instruct": 2}
+    spec = rule_spec({"monitoring.prometheusRule.modelReplicas": replicas})
+    rules = [r for g in spec["groups"] for r in g["rules"]]
+    (expected,) = [
+        r for r in rules if r.get("record") == "pagewarm:model_warm_nodes_expected:count"
+    ]
+    assert expected["expr"].count("label_replace") == 2
+    promtool_check_rules(spec, tmp_path)
+    warm = {  # node: (llama-8b, Qwen)
+        "gpu-a": (1, 1),
+        "gpu-b": (1, 1),
+        "gpu-c": (0, 0),
+    }
+    series = [
+        {
+            "series": f'pagewarm_model_warm{{job="pagewarm",node="{node}",model="{model}"}}',
+            "values": f"{value}x30",
+        }
+        for node, values in warm.items()
+        for model, value in zip(replicas, values, strict=True)
+    ]
+    firing = {
+        "exp_labels": {"severity": "warning", "model": "llama-8b"},
+        "exp_annotations": {
+            "summary": "Model llama-8b is warm on 2 nodes, fewer than its replicas",
+            "description": "Model llama-8b is warm in the page cache of 2 nodes "
+            "(pagewarm:model_warm_nodes:count, from the node agents' pagewarm_model_warm), "
+            "fewer than the 3 replicas it is expected to run. A pod of it that is scaled out "
+            "or rescheduled may land on a cold node and load its weights from storage. The "
+            "node agents cannot keep it warm on more nodes (memory budget, thrashing, a "
+            "priority below other models), or it is not in their model list.",
+            "runbook_url": "https://github.com/pagewarm/pagewarm/blob/main/docs/runbooks/"
+            "PagewarmModelWarmOnTooFewNodes.md",
+        },
+    }
+    test = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": "pagewarm:model_warm_nodes_expected:count",
+                        "eval_time": "1m",
+                        "exp_samples": [
+                            {
+                                "labels": "pagewarm:model_warm_nodes_expected:count"
+                                f'{{model="{model}"}}',
+                                "value": count,
+                            }
+                            for model, count in replicas.items()
+                        ],
+                    }
+                ],
+                "alert_rule_test": [
+                    {"alertname": "PagewarmModelWarmOnTooFewNodes", "eval_time": "14m"},
+                    {
+                        "alertname": "PagewarmModelWarmOnTooFewNodes",
+                        "eval_time": "16m",
+                        "exp_alerts": [firing],
+                    },
+                ],
+            }
+        ],
+    }
+    promtool_test(test, tmp_path)
 
 
 def test_dashboards_are_the_repository_dashboards() -> None:

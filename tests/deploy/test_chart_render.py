@@ -49,6 +49,12 @@ EXPECTED_OBJECTS = {
         "PodMonitor/pw-pagewarm-metrics",
         "ServiceAccount/pw-pagewarm",
     ],
+    "node-nfd": [
+        "ConfigMap/pw-pagewarm-node",
+        "DaemonSet/pw-pagewarm",
+        "PodMonitor/pw-pagewarm-metrics",
+        "ServiceAccount/pw-pagewarm",
+    ],
     "monitoring-on": [
         "Deployment/pw-pagewarm",
         "NetworkPolicy/pw-pagewarm",

@@ -1,11 +1,12 @@
 """Every panel query and every variable query of every dashboard, run against a real
 Prometheus that scrapes several real pagewarm targets, each as its own node: an exporter
 for one model (in a memory cgroup with a limit, as in a pod) with real cold, warm and
-pre-warmed loads recorded by ``pagewarm measure``; a node-mode exporter over a models
-directory; and a sidecar that pre-warms, gates and times a stand-in vLLM. Prometheus
-labels them the way the chart's ServiceMonitor does (its rendered relabeling gives each
-series the `node` of its pod), and loads the repo's rules file. Each query must parse and
-return data: a query that returns nothing is a broken panel.
+pre-warmed loads recorded by ``pagewarm measure``; the node agent (``pagewarm node``, the
+chart's node mode) over a models directory; and a sidecar that pre-warms, gates and times
+a stand-in vLLM. Prometheus labels them the way the chart's ServiceMonitor does (its
+rendered relabeling gives each series the `node` of its pod), and loads the repo's rules
+file. Each query must parse and return data: a query that returns nothing is a broken
+panel.
 
 Template variables are substituted as Grafana does: once with "All" (``.*``), once with
 the values the variable queries offer; ``$__rate_interval`` as Grafana computes it for a
@@ -39,6 +40,7 @@ from tests.prometheus import (
     prometheus_config,
     running_exporter,
     running_prometheus,
+    running_server,
 )
 from tests.sidecar.pod import (
     free_port,
@@ -200,7 +202,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         _exporter_in(
             cgroup, "--model-path", model, "--model-name", MODEL_NAME, "--samples", store
         ) as exporter,
-        running_exporter("--models-dir", cache, "--samples", directory / "node.jsonl") as node,
+        # gpu-b runs the node agent (the chart's node mode) over its cache directory: the
+        # exporter's families for each model, and the warm map the dashboard shows.
+        running_server(
+            "node", "--models-dir", cache, "--node-name", "gpu-b", "--interval", "1s"
+        ) as node,
         ExitStack() as processes,
     ):
         sidecar = start_sidecar(
@@ -439,6 +445,7 @@ def test_the_rules_file_loads_and_evaluates_cleanly(live: Live) -> None:
         "pagewarm.scheduler",
         "pagewarm.load-duration",
         "pagewarm.residency",
+        "pagewarm.warm-nodes",
         "pagewarm.alerts",
     }
     for group in groups:

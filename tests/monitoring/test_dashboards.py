@@ -104,6 +104,9 @@ def test_the_dashboards_cover_what_the_issue_lists() -> None:
         "pagewarm_io_scheduler_info",
         "pagewarm_block_device_read_ahead_bytes",
         "pagewarm_block_device_rotational",
+        # the node agents' warm map, and per model its warm nodes (issue 14)
+        "max by (node, model) (pagewarm_model_warm{",
+        'pagewarm:model_warm_nodes:count{cluster=~"$cluster", model=~"$model"}',
     ):
         assert needle in cache, needle
     sidecar = exprs("sidecars.json")

@@ -158,6 +158,30 @@ MUTATIONS: dict[str, Mutation] = {
         ),
     ),
     "exporter for": ("PagewarmExporterDown", "for", "0m"),
+    "warm nodes once per node": (
+        "pagewarm:model_warm_nodes:count",
+        "expr",
+        ("(max by (cluster, node, model) (pagewarm_model_warm))", "(pagewarm_model_warm)"),
+    ),
+    "warm nodes below replicas": (
+        "PagewarmModelWarmOnTooFewNodes",
+        "expr",
+        ("< on (model)", "<= on (model)"),
+    ),
+    "warm nodes of a model no agent reports": (
+        "PagewarmModelWarmOnTooFewNodes",
+        "expr",
+        (
+            "unless on (model) pagewarm:model_warm_nodes:count",
+            "and on (model) pagewarm:model_warm_nodes:count",
+        ),
+    ),
+    "warm nodes for": ("PagewarmModelWarmOnTooFewNodes", "for", "5m"),
+    "warm nodes expected shipped": (
+        "pagewarm:model_warm_nodes_expected:count",
+        "expr",
+        ("vector(1) unless vector(1)", 'label_replace(vector(9), "model", "qwen-7b", "", "")'),
+    ),
     "recorded quantile": (
         "namespace_model_mode:pagewarm_load_duration_seconds:p90_7d",
         "expr",
@@ -182,6 +206,9 @@ TEST_OF = {
     "PagewarmSchedulerChanged": "scheduler_changed.yml",
     "PagewarmSchedulerUnexpected": "scheduler_changed.yml",
     "PagewarmExporterDown": "exporter_down.yml",
+    "pagewarm:model_warm_nodes:count": "warm_nodes.yml",
+    "pagewarm:model_warm_nodes_expected:count": "warm_nodes.yml",
+    "PagewarmModelWarmOnTooFewNodes": "warm_nodes.yml",
 }
 
 
@@ -241,6 +268,7 @@ def test_every_alert_has_severity_summary_description_and_runbook() -> None:
         "PagewarmSchedulerChanged",
         "PagewarmSchedulerUnexpected",
         "PagewarmExporterDown",
+        "PagewarmModelWarmOnTooFewNodes",
     }
     readme = (RUNBOOKS / "README.md").read_text()
     for alert in alerts:
@@ -296,20 +324,33 @@ def test_recording_rules_follow_the_naming_convention() -> None:
         assert RECORDING_NAME.fullmatch(name), name
 
 
-def test_the_expected_schedulers_are_one_opt_in_expression() -> None:
-    """The chart sets the expected schedulers by replacing this one recording's expression;
-    as shipped it records nothing (the check is opt-in), and it is evaluated before the
-    alert that reads it (same group, earlier)."""
+@pytest.mark.parametrize(
+    ("group_name", "recording", "alert"),
+    [
+        (
+            "pagewarm.scheduler",
+            "pagewarm:io_scheduler_expected:info",
+            "PagewarmSchedulerUnexpected",
+        ),
+        (
+            "pagewarm.warm-nodes",
+            "pagewarm:model_warm_nodes_expected:count",
+            "PagewarmModelWarmOnTooFewNodes",
+        ),
+    ],
+    ids=["expected-schedulers", "model-replicas"],
+)
+def test_an_opt_in_check_is_one_expression(group_name: str, recording: str, alert: str) -> None:
+    """The chart opts in (the expected schedulers, each model's replicas) by replacing this
+    one recording's expression; as shipped it records nothing (the check is opt-in), and it
+    is evaluated before the alert that reads it (same group, earlier)."""
     document = yaml.safe_load(RULES.read_text())
-    (group,) = [g for g in document["groups"] if g["name"] == "pagewarm.scheduler"]
+    (group,) = [g for g in document["groups"] if g["name"] == group_name]
     names = [r.get("record") or r.get("alert") for r in group["rules"]]
-    expected = names.index("pagewarm:io_scheduler_expected:info")
-    assert names.index("PagewarmSchedulerUnexpected") > expected
-    assert group["rules"][expected] == {
-        "record": "pagewarm:io_scheduler_expected:info",
-        "expr": "vector(1) unless vector(1)",
-    }
-    assert RULES.read_text().count("record: pagewarm:io_scheduler_expected:info\n") == 1
+    expected = names.index(recording)
+    assert names.index(alert) > expected
+    assert group["rules"][expected] == {"record": recording, "expr": "vector(1) unless vector(1)"}
+    assert RULES.read_text().count(f"record: {recording}\n") == 1
 
 
 def test_the_cold_load_fleet_test_is_the_generated_one() -> None:

@@ -5,7 +5,7 @@ The containers and volumes of the pod. The Deployment, the DaemonSet and the sni
 
 {{/*
 Hardened securityContext, with pagewarm.securityContext merged over it (what the user sets
-wins); call with (dict "root" $ "ipcLock" bool). A null runAsUser/runAsGroup is left out
+wins); call with (dict "root" $ "ipcLock" bool "ptrace" bool). A null runAsUser/runAsGroup is left out
 (platforms such as OpenShift's restricted SCC assign one).
 */}}
 {{- define "pagewarm.securityContext" -}}
@@ -16,6 +16,9 @@ wins); call with (dict "root" $ "ipcLock" bool). A null runAsUser/runAsGroup is 
 {{- end }}
 {{- if .ipcLock }}
 {{- $add = append $add "IPC_LOCK" }}
+{{- end }}
+{{- if .ptrace }}
+{{- $add = append $add "SYS_PTRACE" }}
 {{- end }}
 {{- $capabilities := dict "drop" (list "ALL") }}
 {{- with $add }}
@@ -145,6 +148,9 @@ httpGet:
     {{- end }}
   env:
     {{- include "pagewarm.env" . | nindent 4 }}
+    {{- if include "pagewarm.startupProfileEnabled" . }}
+    {{- include "pagewarm.startupProfileEnv" . | nindent 4 }}
+    {{- end }}
   ports:
     {{- include "pagewarm.ports" . | nindent 4 }}
   # Passes once the gate is open (weights resident, or the gate's policy or timeout says so).
@@ -163,13 +169,16 @@ httpGet:
   resources:
     {{- include "pagewarm.warmerResources" . | nindent 4 }}
   securityContext:
-    {{- include "pagewarm.securityContext" (dict "root" . "ipcLock" .Values.sidecar.mlock) | nindent 4 }}
+    {{- include "pagewarm.securityContext" (dict "root" . "ipcLock" .Values.sidecar.mlock "ptrace" (include "pagewarm.startupProfileEnabled" .)) | nindent 4 }}
   volumeMounts:
     {{- include "pagewarm.modelMounts" . | nindent 4 }}
     {{- if .Values.sidecar.vllmLog.enabled }}
     - name: pagewarm-vllm-log
       mountPath: {{ dir .Values.sidecar.vllmLog.path | quote }}
       readOnly: true
+    {{- end }}
+    {{- with include "pagewarm.startupProfileMounts" . }}
+    {{- . | nindent 4 }}
     {{- end }}
 {{- end }}
 
@@ -229,61 +238,6 @@ httpGet:
     {{- include "pagewarm.securityContext" (dict "root" . "ipcLock" false) | nindent 4 }}
   volumeMounts:
     {{- include "pagewarm.modelMounts" . | nindent 4 }}
-{{- end }}
-
-{{/* mode node: the exporter over the node's model cache directory */}}
-{{- define "pagewarm.container.nodeExporter" -}}
-- name: pagewarm
-  image: {{ include "pagewarm.image" . }}
-  imagePullPolicy: {{ .Values.image.pullPolicy }}
-  args:
-    - exporter
-    - --models-dir
-    - {{ .Values.node.mountPath | quote }}
-    - --port
-    - {{ .Values.pagewarm.port | int | quote }}
-    {{- with .Values.pagewarm.extraArgs }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
-  env:
-    {{- include "pagewarm.env" . | nindent 4 }}
-  ports:
-    {{- include "pagewarm.ports" . | nindent 4 }}
-  readinessProbe:
-    {{- include "pagewarm.healthzProbe" . | nindent 4 }}
-    periodSeconds: 10
-    timeoutSeconds: 5
-  livenessProbe:
-    {{- include "pagewarm.healthzProbe" . | nindent 4 }}
-    periodSeconds: 10
-    timeoutSeconds: 5
-    failureThreshold: 6
-  resources:
-    {{- toYaml .Values.node.resources | nindent 4 }}
-  securityContext:
-    {{- include "pagewarm.securityContext" (dict "root" . "ipcLock" false) | nindent 4 }}
-  volumeMounts:
-    - name: pagewarm-state
-      mountPath: {{ include "pagewarm.statePath" . }}
-    - name: node-models
-      mountPath: {{ .Values.node.mountPath | quote }}
-      readOnly: true
-      mountPropagation: {{ .Values.node.mountPropagation }}
-    {{- with .Values.pagewarm.extraVolumeMounts }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
-{{- end }}
-
-{{/*
-mode node: the DaemonSet's volumes. One list, built here, so that what node mode grows (the
-node agent's config volume, the hostPath it writes Node Feature Discovery's feature files
-to) is one more entry here and one more mount in container.nodeExporter.
-*/}}
-{{- define "pagewarm.nodeVolumes" -}}
-{{- $volumes := list
-  (dict "name" "node-models" "hostPath" (dict "path" .Values.node.hostPath "type" .Values.node.hostPathType))
-  (merge (dict "name" "pagewarm-state") (deepCopy .Values.pagewarm.stateVolume)) }}
-{{- toYaml $volumes }}
 {{- end }}
 
 {{/* pagewarm's init containers (sidecar or init mode), in the order the kubelet runs them */}}
@@ -451,5 +405,6 @@ to) is one more entry here and one more mount in container.nodeExporter.
 {{- $volumes = append $volumes (dict "name" "pagewarm-vllm-log" "emptyDir" (dict "sizeLimit" "64Mi")) }}
 {{- $volumes = append $volumes (dict "name" "pagewarm-vllm-logging" "configMap" (dict "name" (printf "%s-vllm-logging" (include "pagewarm.fullname" .)))) }}
 {{- end }}
+{{- $volumes = concat $volumes (include "pagewarm.startupProfileVolumes" . | fromYamlArray) }}
 {{- toYaml $volumes }}
 {{- end }}

@@ -333,9 +333,9 @@ nodeSelector:
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.pod.affinity }}
+{{- with include "pagewarm.affinity" . }}
 affinity:
-  {{- toYaml . | nindent 2 }}
+  {{- . | nindent 2 }}
 {{- end }}
 {{- with .Values.pod.topologySpreadConstraints }}
 topologySpreadConstraints:

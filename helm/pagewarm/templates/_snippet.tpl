@@ -26,7 +26,7 @@ spec:
       labels:
         {{- include "pagewarm.podLabels" . | nindent 8 }}
     spec:
-      {{- if .Values.pod.shareProcessNamespace }}
+      {{- if include "pagewarm.sharesProcessNamespace" . }}
       shareProcessNamespace: true
       {{- end }}
       {{- with .Values.snippet.initContainersBefore }}

@@ -13,10 +13,15 @@ Checks of values that the schema cannot express. Each failure says what to chang
 {{- fail "monitoring.serviceMonitor.enabled needs monitoring.service.enabled (the ServiceMonitor selects the metrics Service); or use monitoring.podMonitor instead." }}
 {{- end }}
 {{- include "pagewarm.validateImage" (dict "name" "image" "image" $v.image) }}
+{{- if eq $v.mode "node" }}
+{{- include "pagewarm.validateNode" . }}
+{{- end }}
+{{- include "pagewarm.validateStartupProfile" . }}
 {{- if include "pagewarm.warms" . }}
 {{- include "pagewarm.validateImage" (dict "name" "vllm.image" "image" $v.vllm.image) }}
 {{- include "pagewarm.validateModel" . }}
 {{- include "pagewarm.validateMemory" . }}
+{{- include "pagewarm.validatePlacement" . }}
 {{- if eq ($v.vllm.port | int) ($v.pagewarm.port | int) }}
 {{- fail (printf "vllm.port and pagewarm.port are both %d: vLLM and pagewarm share the pod's network, and the second to bind the port would exit at once (a crash loop). Give them different ports." ($v.pagewarm.port | int)) }}
 {{- end }}
