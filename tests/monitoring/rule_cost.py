@@ -176,7 +176,8 @@ def input_series() -> list[dict[str, str]]:
                 one,
             ),
         ]
-        if daemon:
+        if daemon:  # the node agent: the warm map
+            series.append(_series("pagewarm_model_warm", model, one))
             continue
         for mode in MODES:
             # one cold load per pod, in the 60 s bucket; the other modes stay at zero

@@ -167,10 +167,11 @@ def test_cli_once_json_prints_the_map(models: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "env", "says"),
     [
-        (["--interval", "soon"], {}, "node_interval"),
-        (["--rate-limit", "fast"], {}, "node_rate_limit"),
-        (["--warm-threshold", "1.5"], {}, "node_warm_threshold"),
-        ([], {"PAGEWARM_NODE_INTERVAL": "-1"}, "node_interval"),
+        # The message names where the value came from: the flag, or the variable.
+        (["--interval", "soon"], {}, "--interval soon: not a duration"),
+        (["--rate-limit", "fast"], {}, "--rate-limit fast: not a size"),
+        (["--warm-threshold", "1.5"], {}, "--warm-threshold 1.5: Input should be less than"),
+        ([], {"PAGEWARM_NODE_INTERVAL": "-1"}, "PAGEWARM_NODE_INTERVAL='-1': not a duration"),
     ],
 )
 def test_bad_flags_and_settings_are_one_line_errors(
@@ -180,6 +181,7 @@ def test_bad_flags_and_settings_are_one_line_errors(
     done = pagewarm("node", "--config", config, "--once", *args, env=env)
     assert done.returncode == 2
     assert says in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
 
 
 def test_no_models_or_a_broken_config_at_start_is_a_usage_error(models: Path) -> None:
