@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from exporter.linux.kernelfile import read_kernel_text
 from exporter.linux.mountinfo import Mount, parse_mountinfo
 
 # cgroup v1 reports "no limit" as a huge page-aligned number near 2**63.
@@ -82,8 +83,8 @@ def find_memory_cgroup(
 ) -> MemoryCgroup | None:
     """Read this process's memory cgroup; None when none is mounted or readable."""
     try:
-        mounts = parse_mountinfo((proc_self / "mountinfo").read_text())
-        found = _own_cgroup_dir((proc_self / "cgroup").read_text(), mounts, sysroot)
+        mounts = parse_mountinfo(read_kernel_text(proc_self / "mountinfo"))
+        found = _own_cgroup_dir(read_kernel_text(proc_self / "cgroup"), mounts, sysroot)
     except OSError:
         return None
     if found is None:
@@ -94,8 +95,8 @@ def find_memory_cgroup(
 
 def _read_level(level: Path, version: Literal[1, 2]) -> tuple[int | None, int]:
     limit_name, usage_name = _FILES[version]
-    limit = _parse_limit((level / limit_name).read_text(), version)
-    return limit, int((level / usage_name).read_text())
+    limit = _parse_limit(read_kernel_text(level / limit_name), version)
+    return limit, int(read_kernel_text(level / usage_name))
 
 
 def read_memory_cgroup(directory: Path, version: Literal[1, 2]) -> MemoryCgroup | None:
