@@ -318,8 +318,8 @@ def measure_scan(probe: ResidencyProbe, scan: ModelScan) -> ScanResidency:
 
 
 # A FileResidency from its ten fields, in order, without the named tuple's Python-level
-# __new__ (a third of the per-file cost of the loop above; _make checks the length in
-# Python too). The loop passes all ten.
+# __new__ (a Python call per file, dearer than the tuple it builds; _make checks the
+# length in Python too). The loop passes all ten.
 _new_file_residency = cast(
     "Callable[[tuple[object, ...]], FileResidency]", partial(tuple.__new__, FileResidency)
 )

@@ -90,8 +90,8 @@ def return_buffers_to_the_kernel() -> None:
 
 
 def spare_the_startup_heap_from_collection() -> None:
-    """Each pass leaves a few thousand objects to the oldest generation, so every few
-    dozen passes the cyclic collector walks the whole heap, most of it modules, pydantic
+    """Each pass leaves a few thousand objects to the oldest generation, so now and then
+    the cyclic collector walks the whole heap, most of it modules, pydantic
     schemas and the server, built once and never freed: frozen, they are never walked
     again (what a resident agent idle at 1 CPU-second an hour cannot pay for)."""
     gc.collect()
