@@ -8,20 +8,24 @@ figure is unknown, with the reason and the remedy, never "100% resident".
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from functools import partial
+from typing import TYPE_CHECKING, Literal, NamedTuple, cast
 
 import structlog
 
 from exporter.linux import cachestat, mincore, permissions
-from exporter.linux.files import NotRegularFileError, open_regular_fd
-from exporter.linux.libc import page_size
+from exporter.linux.cachestat import SYSCALL_CACHESTAT
+from exporter.linux.files import OPEN_FLAGS, NotRegularFileError, open_regular_fd
+from exporter.linux.libc import page_size, raise_errno
 from exporter.weightset import WeightFile, WeightSet
 
 if TYPE_CHECKING:  # a scan is only passed through: no import of the scanner at run time
@@ -215,24 +219,55 @@ class ResidencyProbe:
         cached = self._pages_to_bytes(mincore.resident_pages(fd, 0, size), size)
         return FileResidency(wf, size, cached, Method.MINCORE)
 
-    def _cachestat_all(self, files: Sequence[WeightFile]) -> list[FileResidency]:
-        """``file`` for many files, without its per-file dispatch: the loop a node's
-        collection runs over 10,000 files (its cost is held next to the bare syscalls' by
-        bench/exporter_bench.py)."""
+    def _cachestat_all(self, weight_set: WeightSet) -> list[FileResidency]:
+        """``file`` for every file of a weight set, as one loop with no call but the
+        syscalls' and nothing built but the results (what ``file`` does through helpers,
+        inlined): the loop a node's collection runs over 10,000 files and a keep-warm pass
+        over 1,000 every 30 s (its cost is held next to the bare syscalls' by
+        bench/exporter_bench.py and bench/node_bench.py)."""
         whole = self._whole_files()
-        measure = self._cachestat_open
-        out: list[FileResidency] = []
-        for wf in files:
+        syscall, args, out = whole.syscall, whole.args, whole.out
+        page, method = self.page, Method.CACHESTAT
+        open_, fstat, close, is_regular = os.open, os.fstat, os.close, stat.S_ISREG
+        results: list[FileResidency] = []
+        append = results.append
+        for wf, path in zip(weight_set.files, weight_set.path_strings, strict=True):
             try:
-                fd, st = open_regular_fd(wf.path)
+                fd = open_(path, OPEN_FLAGS)
+                try:
+                    st = fstat(fd)
+                except OSError:
+                    close(fd)
+                    raise
             except OSError as exc:
-                out.append(_unopened(wf, exc))
+                append(_unopened(wf, exc))
                 continue
             try:
-                out.append(measure(wf, fd, st.st_size, whole))
+                size = st.st_size
+                if not is_regular(st.st_mode):
+                    append(_unopened(wf, NotRegularFileError(f"{path} is not a regular file")))
+                elif syscall(SYSCALL_CACHESTAT, fd, *args) == 0:
+                    append(
+                        _new_file_residency(
+                            (
+                                wf,
+                                size,
+                                min(out.nr_cache * page, size),
+                                method,
+                                out.nr_dirty * page,
+                                out.nr_writeback * page,
+                                out.nr_evicted * page,
+                                out.nr_recently_evicted * page,
+                                None,
+                                (),
+                            )
+                        )
+                    )
+                else:
+                    append(_refused(wf, fd, size))
             finally:
-                os.close(fd)
-        return out
+                close(fd)
+        return results
 
     def _bucket_ratios(self, fd: int, size: int, buckets: int) -> tuple[float, ...]:
         ratios = []
@@ -246,7 +281,7 @@ class ResidencyProbe:
         over the whole file where cachestat is missing), plus ``buckets`` range counts."""
         started = time.perf_counter()
         if self.method is Method.CACHESTAT and not self.cachestat_problem and not buckets:
-            files = tuple(self._cachestat_all(weight_set.files))
+            files = tuple(self._cachestat_all(weight_set))
         else:
             files = tuple([self.file(f, buckets) for f in weight_set.files])
         return ModelResidency(
@@ -280,6 +315,22 @@ def measure_scan(probe: ResidencyProbe, scan: ModelScan) -> ScanResidency:
             log.warning("residency failed", model=model.name, error=str(exc), exc_info=exc)
             failed.append((model.name, str(exc)))
     return ScanResidency(tuple(measured), tuple(failed), time.perf_counter() - started)
+
+
+# A FileResidency from its ten fields, in order, without the named tuple's Python-level
+# __new__ (a Python call per file, dearer than the tuple it builds; _make checks the
+# length in Python too). The loop passes all ten.
+_new_file_residency = cast(
+    "Callable[[tuple[object, ...]], FileResidency]", partial(tuple.__new__, FileResidency)
+)
+
+
+def _refused(wf: WeightFile, fd: int, size: int) -> FileResidency:
+    """cachestat failed on an open regular file: EPERM is the kernel refusing to say
+    (unknown, with the reason); anything else is raised."""
+    if ctypes.get_errno() != errno.EPERM:
+        raise_errno("cachestat")
+    return FileResidency(wf, size, None, unknown_reason=permissions.untrusted_reason(fd))
 
 
 def _unopened(wf: WeightFile, exc: OSError) -> FileResidency:

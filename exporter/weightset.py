@@ -96,6 +96,12 @@ class WeightSet:
     # Every directory the scan listed (root first); empty for a single-file model. A
     # directory's ctime changes whenever an entry is added, removed or renamed in it.
     directories: tuple[Path, ...] = field(default=())
+    # Each file's path as a str, in ``files``' order: residency opens every file on every
+    # collection, and a Path's conversion costs a tenth of that open (a str is taken as is).
+    path_strings: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path_strings", tuple([str(f.path) for f in self.files]))
 
     @property
     def total_bytes(self) -> int:

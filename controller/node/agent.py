@@ -122,11 +122,16 @@ class NodeAgent:
             now = time.monotonic()
             for model in models:
                 self._observe(model.name, residency.get(model.name), now)
-            self._publish(models, residency, config, _PassOutcome(), seconds=None, cpu_seconds=None)
+            first = self._publish(models, residency, config, _PassOutcome())
+            measured_before = dict(residency)
             outcome = self._rewarm(models, residency, config, started)
             self._last_stopped_by = outcome.stopped_by
-            for model in models:
-                self._settle(model.name, residency.get(model.name))
+            # Nothing re-read or dropped (the pass of an idle node): the warmth just
+            # published stands (settling the same figures again changes nothing).
+            unchanged = all(residency[n] is r for n, r in measured_before.items())
+            if not unchanged:
+                for model in models:
+                    self._settle(model.name, residency.get(model.name))
             self.passes += 1
             return self._publish(
                 models,
@@ -135,6 +140,7 @@ class NodeAgent:
                 outcome,
                 seconds=time.monotonic() - started,
                 cpu_seconds=time.thread_time() - cpu_started,
+                warmth=first.models if unchanged else None,
             )
 
     def _forget_others(self, names: set[str]) -> None:
@@ -304,12 +310,16 @@ class NodeAgent:
         config: NodeConfig,
         outcome: _PassOutcome,
         *,
-        seconds: float | None,
-        cpu_seconds: float | None,
+        seconds: float | None = None,
+        cpu_seconds: float | None = None,
+        warmth: tuple[ModelWarmth, ...] | None = None,
     ) -> NodeMap:
-        warmth = tuple(self._warmth(m, residency.get(m.name), config) for m in models)
-        if self.features is not None:
-            self.features.update(feature_lines(warmth))
+        """The map of ``residency``; ``warmth``: the models' warmth as already published
+        this pass (the feature file has its lines)."""
+        if warmth is None:
+            warmth = tuple(self._warmth(m, residency.get(m.name), config) for m in models)
+            if self.features is not None:
+                self.features.update(feature_lines(warmth))
         self.map = self._snapshot(
             warmth, outcome, seconds=seconds, cpu_seconds=cpu_seconds, pressure=self.pressure()
         )

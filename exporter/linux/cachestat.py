@@ -67,18 +67,21 @@ def _page_counts(out: _Stat) -> PageCounts:
 class WholeFiles:
     """cachestat over whole files, for a loop over many: the arguments are built once (in
     a loop over a node's 10,000 files, building them per call costs as much as the
-    syscall). One instance per thread: calls share its output buffer."""
+    syscall). One instance per thread: calls share its output buffer.
+
+    A loop that cannot afford even this call's frame calls ``syscall(SYSCALL_CACHESTAT,
+    fd, *args)`` itself and reads ``out`` (its fields: ``_Stat``'s) after a 0 return."""
 
     def __init__(self) -> None:
-        self._out = _Stat()
+        self.out = _Stat()
         # byref keeps its object alive; the range (0, 0) means the whole file.
-        self._args = (ctypes.byref(_Range(0, 0)), ctypes.byref(self._out), 0)
-        self._syscall = libc().syscall
+        self.args = (ctypes.byref(_Range(0, 0)), ctypes.byref(self.out), 0)
+        self.syscall = libc().syscall
 
     def __call__(self, fd: int) -> PageCounts:
-        if self._syscall(SYSCALL_CACHESTAT, fd, *self._args) != 0:
+        if self.syscall(SYSCALL_CACHESTAT, fd, *self.args) != 0:
             raise_errno("cachestat")
-        return _page_counts(self._out)
+        return _page_counts(self.out)
 
 
 @cache

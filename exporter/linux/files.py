@@ -18,7 +18,7 @@ SYSCALL_OPENAT2 = 437
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
 # O_NONBLOCK: a FIFO swapped in after the scan cannot block the open.
-_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class NotRegularFileError(OSError):
@@ -29,7 +29,7 @@ def open_regular_fd(path: Path | str) -> tuple[int, os.stat_result]:
     """Open read-only and fstat; refuse anything that is not a regular file. The caller
     closes the descriptor. (The loop over a node's 10,000 files uses this: a context
     manager costs as much as the cachestat call it wraps.)"""
-    fd = os.open(path, _FLAGS)
+    fd = os.open(path, OPEN_FLAGS)
     try:
         st = os.fstat(fd)
     except BaseException:
@@ -93,7 +93,7 @@ class FileRoot:
     def open(self, path: str) -> int:
         """A read-only descriptor of the regular file ``path`` (absolute, in the root);
         NotRegularFileError for anything else, OSError when it cannot be opened."""
-        fd = os.open(path, _FLAGS) if self.own else self._open_beneath(path.lstrip("/"))
+        fd = os.open(path, OPEN_FLAGS) if self.own else self._open_beneath(path.lstrip("/"))
         try:
             regular = stat.S_ISREG(os.fstat(fd).st_mode)
         except BaseException:
@@ -105,11 +105,11 @@ class FileRoot:
         return fd
 
     def _open_beneath(self, relative: str) -> int:
-        how = _OpenHow(_FLAGS, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+        how = _OpenHow(OPEN_FLAGS, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
         name = os.fsencode(relative)
         fd = libc().syscall(SYSCALL_OPENAT2, self.fd, name, ctypes.byref(how), ctypes.sizeof(how))
         if fd >= 0:
             return int(fd)
         if ctypes.get_errno() != errno.ENOSYS:
             raise_errno(f"open {relative} in {self.path}")
-        return os.open(relative, _FLAGS | os.O_NOFOLLOW, dir_fd=self.fd)
+        return os.open(relative, OPEN_FLAGS | os.O_NOFOLLOW, dir_fd=self.fd)

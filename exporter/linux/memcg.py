@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from exporter.linux.kernelfile import read_kernel_text
 from exporter.linux.mountinfo import Mount, parse_mountinfo
 
 # cgroup v1 reports "no limit" as a huge page-aligned number near 2**63.
@@ -82,8 +83,8 @@ def find_memory_cgroup(
 ) -> MemoryCgroup | None:
     """Read this process's memory cgroup; None when none is mounted or readable."""
     try:
-        mounts = parse_mountinfo((proc_self / "mountinfo").read_text())
-        found = _own_cgroup_dir((proc_self / "cgroup").read_text(), mounts, sysroot)
+        mounts = parse_mountinfo(read_kernel_text(proc_self / "mountinfo"))
+        found = _own_cgroup_dir(read_kernel_text(proc_self / "cgroup"), mounts, sysroot)
     except OSError:
         return None
     if found is None:
@@ -92,29 +93,34 @@ def find_memory_cgroup(
     return read_memory_cgroup(directory, version)
 
 
-def _read_level(level: Path, version: Literal[1, 2]) -> tuple[int | None, int]:
-    limit_name, usage_name = _FILES[version]
-    limit = _parse_limit((level / limit_name).read_text(), version)
-    return limit, int((level / usage_name).read_text())
+def _read_limit(level: Path, version: Literal[1, 2]) -> int | None:
+    return _parse_limit(read_kernel_text(level / _FILES[version][0]), version)
+
+
+def _read_usage(level: Path, version: Literal[1, 2]) -> int:
+    return int(read_kernel_text(level / _FILES[version][1]))
 
 
 def read_memory_cgroup(directory: Path, version: Literal[1, 2]) -> MemoryCgroup | None:
     try:
-        own_limit, own_usage = _read_level(directory, version)
+        own_limit, own_usage = _read_limit(directory, version), _read_usage(directory, version)
     except (OSError, ValueError):
         return None
     tightest: tuple[int, Path] | None = None
-    level = directory
-    # Walk up while the files exist: a container sees its own subtree only.
-    while (level / _FILES[version][0]).exists():
-        try:
-            limit, usage = _read_level(level, version)
-        except (OSError, ValueError):
-            break
+    level, limit, usage = directory, own_limit, own_usage
+    # Walk up while the files exist: a container sees its own subtree only. A level's usage
+    # is read only where it has a limit: an unlimited level bounds nothing, and the usage of
+    # the root's (v1) is the dear one to read (the kernel flushes the whole tree's counters).
+    while True:
         if limit is not None and (tightest is None or limit - usage < tightest[0]):
             tightest = (max(0, limit - usage), level)
         if level.parent == level:
             break
         level = level.parent
+        try:
+            limit = _read_limit(level, version)
+            usage = _read_usage(level, version) if limit is not None else 0
+        except (OSError, ValueError):  # above the visible tree, or unreadable
+            break
     headroom, limiting = tightest if tightest else (None, None)
     return MemoryCgroup(version, directory, own_usage, own_limit, headroom, limiting)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from exporter.linux.kernelfile import read_kernel_text
+
 MEMINFO = Path("/proc/meminfo")
 
 
 def read_meminfo(path: Path = MEMINFO) -> dict[str, int]:
     """Fields of /proc/meminfo in bytes (the file says kB, meaning KiB)."""
     fields: dict[str, int] = {}
-    for line in path.read_text().splitlines():
+    for line in read_kernel_text(path).splitlines():
         name, _, rest = line.partition(":")
         parts = rest.split()
         if not parts:

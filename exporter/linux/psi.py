@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from exporter.linux.kernelfile import read_kernel_text
 from exporter.linux.mountinfo import parse_mountinfo
 
 SYSTEM_MEMORY_PRESSURE = Path("/proc/pressure/memory")
@@ -22,7 +23,7 @@ SYSTEM_MEMORY_PRESSURE = Path("/proc/pressure/memory")
 def read_some(path: Path) -> tuple[float, int]:
     """``some`` of a PSI file: (avg10 percent, total stalled microseconds); OSError or
     ValueError when unreadable."""
-    for line in path.read_text().splitlines():
+    for line in read_kernel_text(path).splitlines():
         kind, _, rest = line.partition(" ")
         if kind != "some":
             continue
