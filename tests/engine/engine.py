@@ -6,6 +6,7 @@ weights, which a stand-in that sleeps through its start cannot show.
 
     python tests/engine/engine.py MODEL_PATH --port 8000 [--framework synthetic|transformers]
         [--device cpu|cuda] [--init-seconds S] [--events FILE] [--instance TAG]
+        [--trace FILE]
 
 - ``synthetic`` (CPU machines, CI): imports the synthetic site-packages on PYTHONPATH
   (``tests/engine/libtree.py``: its manifest says what to import and map), maps and touches
@@ -17,6 +18,9 @@ weights, which a stand-in that sleeps through its start cannot show.
 
 ``--events FILE`` appends one JSON object per moment (start, imported, initialised,
 loading, loaded, ready) with the wall-clock time, as tests/sidecar/fake_vllm.py does.
+``--trace FILE`` (benchmarks: where does a slow start spend its time?) samples the main
+thread every 0.1 s: seconds since the start, its innermost frames, and on the GPU the bytes
+the loader has put there so far.
 """
 
 from __future__ import annotations
@@ -134,6 +138,7 @@ def start_transformers(args: argparse.Namespace, out: Events) -> Any:
     if args.device.startswith("cuda"):
         torch.zeros(1, device=args.device)  # creates the CUDA context
         torch.cuda.synchronize()
+        INITIALISED.set()
     out.event("initialised")
     out.event("loading")
     began = time.perf_counter()
@@ -150,6 +155,32 @@ def start_transformers(args: argparse.Namespace, out: Events) -> Any:
 
 
 KEEP: list[Any] = []
+TRACE_SECONDS = 0.1
+TRACE_FRAMES = 24
+
+
+def trace(path: Path, stop: threading.Event) -> None:
+    """Sample the main thread until ``stop``: what it runs, and the GPU's allocated bytes
+    (only once CUDA is initialised: asking earlier would initialise it from here)."""
+    main = threading.main_thread().ident
+    with path.open("a") as out:
+        while not stop.wait(TRACE_SECONDS):
+            frame = sys._current_frames().get(main or 0)
+            frames: list[str] = []
+            while frame is not None and len(frames) < TRACE_FRAMES:
+                code = frame.f_code
+                frames.append(f"{Path(code.co_filename).name}:{frame.f_lineno}:{code.co_name}")
+                frame = frame.f_back
+            torch = sys.modules.get("torch")
+            gpu = None
+            if torch is not None and INITIALISED.is_set():
+                gpu = int(torch.cuda.memory_allocated())
+            sample = {"t": round(time.time() - STARTED, 3), "frames": frames, "gpu_bytes": gpu}
+            out.write(json.dumps(sample) + "\n")
+            out.flush()
+
+
+INITIALISED = threading.Event()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -169,6 +200,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--events", type=Path, default=None)
     parser.add_argument("--log-file", type=Path, default=None)
+    parser.add_argument("--trace", type=Path, default=None, help="sample the start (see above)")
     parser.add_argument("--exit-when-ready", action="store_true", help="a script, not a server")
     parser.add_argument("--instance", default="", help="a tag on the command line (tests find it)")
     return parser.parse_args(argv)
@@ -190,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     server = ThreadingHTTPServer((args.host, args.port), QuietHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     start = start_transformers if args.framework == "transformers" else start_synthetic
+    tracing = threading.Event()
+    if args.trace is not None:
+        threading.Thread(target=trace, args=(args.trace, tracing), daemon=True).start()
     loaded = start(args, out)
+    tracing.set()
     out.event("loaded", **loaded)
     out.log(
         f"Model loading took {loaded['tensor_bytes'] / GiB:.4f} GiB and "
