@@ -317,6 +317,50 @@ def test_every_rule_file_test_loads_the_real_rules_file() -> None:
         assert yaml.safe_load(path.read_text())["rule_files"] == ["../pagewarm.rules.yml"], path
 
 
+RECORDED_NAME = re.compile(r"[a-z_]+:[a-z0-9_]+:[a-z0-9_]+")
+
+
+def _groups_reading_recordings() -> dict[str, set[str]]:
+    """Each group's name: the groups whose recordings its rules read (itself included)."""
+    document = yaml.safe_load(RULES.read_text())
+    recorded_in = {
+        rule["record"]: group["name"]
+        for group in document["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+    return {
+        group["name"]: {
+            recorded_in[name]
+            for rule in group["rules"]
+            for name in RECORDED_NAME.findall(rule["expr"])
+            if name in recorded_in
+        }
+        for group in document["groups"]
+    }
+
+
+def test_no_group_reads_a_series_recorded_by_a_later_group() -> None:
+    """The file's group order is a dependency order: a group reads recordings of its own
+    and earlier groups only (so the order the unit tests give promtool is this one)."""
+    reads = _groups_reading_recordings()
+    order = list(reads)
+    for group, sources in reads.items():
+        later = {s for s in sources if order.index(s) > order.index(group)}
+        assert not later, f"{group} reads series recorded by the later group(s) {later}"
+
+
+@pytest.mark.parametrize("path", TESTS, ids=[t.name for t in TESTS])
+def test_every_rule_file_test_orders_every_group(path: Path) -> None:
+    """promtool 2.42 evaluates groups a test file does not order in Go map order, a new one
+    each run (a partial order: it sorts by position in group_eval_order, unstably). Each
+    test names every group, once, in the rules file's (dependency) order."""
+    groups = list(_groups_reading_recordings())
+    assert yaml.safe_load(path.read_text()).get("group_eval_order") == groups, (
+        f"{path.name}: group_eval_order must list {groups}"
+    )
+
+
 def test_recording_rules_follow_the_naming_convention() -> None:
     records = [rule["record"] for rule in _rules() if "record" in rule]
     assert records
