@@ -75,6 +75,10 @@ class PrewarmOptions:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     only_missing: bool = True
     rate_limit_bytes_per_second: float | None = None
+    # False: the kernel reads exactly the ranges asked for (POSIX_FADV_RANDOM on our own
+    # descriptors), so that a warm at a small I/O depth keeps as little in flight as it asks
+    # for: readahead would queue up to read_ahead_kb behind every read.
+    readahead: bool = True
 
 
 @dataclass(slots=True)
@@ -206,6 +210,8 @@ class _Run:
     def _opened_locked(self, wf: WeightFile, fd: int, closer: contextlib.ExitStack) -> _OpenFile:
         """The file as it is now: a change since the weight set was found is recorded, and
         the warm (and the plan's size) follow the file that is there."""
+        if not self.options.readahead:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         opened = _OpenFile(wf, fd, closer, self._missing_by_chunk(fd))
         change = change_since_found(wf, os.fstat(fd))
         if change is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,8 @@ from pathlib import Path
 import structlog
 
 from controller.memguard import MemoryGuard
-from controller.profile.replay import ReplayProgress, ReplayResult, replay
+from controller.prewarm import PrewarmResult, Strategy, prewarm
+from controller.profile.replay import STEP_BYTES, ReplayProgress, ReplayResult, replay
 from controller.profile.schema import ProfileError, ProfileKey, StartupProfile, load, save
 from controller.profile.session import record_running
 from controller.sidecar.settings import SidecarConfig
@@ -34,7 +36,6 @@ from exporter.linux.proc import ProcessInfo
 from exporter.linux.procfiles import (
     ProcessAccessError,
     process_root,
-    storage_read_bytes,
     uses_any,
 )
 from exporter.residency import ResidencyProbe
@@ -48,9 +49,8 @@ WAIT_TICK_SECONDS = 0.05
 # The replay found this much of the profile missing: vLLM's libraries were cold, so its
 # imports read from the disk for a while yet.
 COLD_LIBRARIES_FRACTION = 0.25
-# How long the weights wait for vLLM's own reads to pause, at most; and what a pause is.
+# How long the weights stay at a small I/O depth, at most, waiting for vLLM to open them.
 HOLD_WEIGHTS_SECONDS = 300.0
-QUIET_SECONDS = 0.25
 
 
 def profile_path(configured: Path, key: ProfileKey) -> Path:
@@ -189,13 +189,18 @@ class StartupProfiler:
             )
 
     async def hold_weights(self) -> None:
-        """After a replay that found vLLM's libraries cold: warm the weights only once vLLM
-        stops reading from the disk itself (its imports are done: it initialises, on the
-        CPU or the GPU) or starts reading its weights. Measured on the H200: a full-speed
-        warm beside cold imports slowed them by more than it saved (6.4 s of imports became
-        14-18 s: the importer's small reads, and metadata no profile holds, queue behind
-        the warm's large ones). Started after them, the warm reads ahead of the loader, in
-        load order, at the disk's full speed, which one loader thread does not."""
+        """After a replay that found vLLM's libraries cold: read the weights only at the
+        profile's small I/O depth, readahead off, until vLLM opens or maps them (then the
+        full-speed warm takes the rest) or they are all in.
+
+        Measured (bench/gpu/startup_diag.py, an H100 box, all cold): a full-speed warm
+        beside the imports made them 15-16 s instead of 7 (the importer's small reads, and
+        metadata no profile holds, queue behind large ones); at depth 2 they took 9.3 s
+        while the weights still came in at 1.1 GiB/s. transformers then spends some 10 s
+        on the CPU before it opens its checkpoint, so the weights were all in before it
+        did. vLLM's own reads pausing is no sign that its imports are over: with its
+        libraries replayed they read little, and an earlier rule that went to full speed
+        on a 0.25 s pause did so in the middle of them."""
         result, engine = self.state.result, self._engine
         if result is None or engine is None or not result.planned_bytes:
             return
@@ -203,32 +208,51 @@ class StartupProfiler:
             return  # the libraries were resident: the imports do not wait for the disk
         weights = frozenset((f.device, f.inode) for f in self.config.weight_set.weight_files)
         began = time.monotonic()
-        self.state.detail = "libraries were cold: the weights wait for vLLM's imports"
-        why = "timeout"
+        self.state.detail = "libraries were cold: weights at a small I/O depth while vLLM imports"
+        done = threading.Event()
+        gentle = asyncio.create_task(asyncio.to_thread(self._gentle_warm, done))
+        loading = asyncio.create_task(self._until_loading(engine.pid, weights, began))
         try:
-            why = await self._until_quiet_or_loading(engine.pid, weights, began)
-        except ProcessAccessError:
-            why = "vLLM's process is gone or not readable"
+            await asyncio.wait({gentle, loading}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done.set()
+            loading.cancel()
+            gently = await gentle
+        why = loading.result() if loading.done() and not loading.cancelled() else "all read"
+        self.state.weights_read_bytes = gently.read_bytes
         log.info(
-            "weights warm held back while vLLM imported",
+            "weights read at a small I/O depth while vLLM imported",
             seconds=round(time.monotonic() - began, 3),
             until=why,
+            read_bytes=gently.read_bytes,
+            io_depth=gently.threads,
         )
 
-    async def _until_quiet_or_loading(
+    def _gentle_warm(self, stop: threading.Event) -> PrewarmResult:
+        """The weights in load order, ``io_depth`` reads of STEP_BYTES in flight, until
+        ``stop``: what is resident by then, the full-speed warm skips."""
+        options = dataclasses.replace(
+            self.config.options,
+            strategy=Strategy.READ,
+            threads=self.config.settings.startup_profile_io_depth,
+            chunk_bytes=STEP_BYTES,
+            readahead=False,
+        )
+        guard = MemoryGuard(self.config.reserve_bytes, enabled=self.config.memory_guard)
+        return prewarm(self.config.weight_set, options, probe=self.probe, guard=guard, cancel=stop)
+
+    async def _until_loading(
         self, pid: int, weights: frozenset[tuple[int, int]], began: float
     ) -> str:
-        last, quiet_since = await asyncio.to_thread(storage_read_bytes, pid), time.monotonic()
-        while not self.cancel.is_set() and time.monotonic() - began < HOLD_WEIGHTS_SECONDS:
-            await asyncio.sleep(WAIT_TICK_SECONDS)
-            if await asyncio.to_thread(uses_any, pid, weights):
-                return "vLLM reads its weights"
-            now, read = time.monotonic(), await asyncio.to_thread(storage_read_bytes, pid)
-            if read != last:
-                last, quiet_since = read, now
-            elif now - quiet_since >= QUIET_SECONDS:
-                return "vLLM's own reads paused"
-        return "timeout"
+        """Why the small I/O depth ends: vLLM opened or mapped its weights, or is gone."""
+        try:
+            while not self.cancel.is_set() and time.monotonic() - began < HOLD_WEIGHTS_SECONDS:
+                if await asyncio.to_thread(uses_any, pid, weights):
+                    return "vLLM reads its weights"
+                await asyncio.sleep(WAIT_TICK_SECONDS)
+        except ProcessAccessError:
+            return "vLLM's process is gone or not readable"
+        return "cancelled" if self.cancel.is_set() else "timeout"
 
     async def _wait_engine(self, seconds: float | None) -> bool:
         deadline = None if seconds is None else time.monotonic() + seconds

@@ -157,6 +157,8 @@ class StartupProfileState:
     result: ReplayResult | None = None
     recorded_entries: int | None = None
     recorded_bytes: int | None = None
+    # Weights read at the replay's small I/O depth while vLLM imported (libraries cold).
+    weights_read_bytes: int | None = None
 
     def sample_fields(self) -> dict[str, Any]:
         """What a load sample says about the profile (nothing without one)."""
@@ -170,6 +172,7 @@ class StartupProfileState:
             "startup_profile_stale_entries": result.stale_entries if result else None,
             "startup_profile_missing_entries": result.missing_entries if result else None,
             "startup_profile_seconds": round(result.seconds, 3) if result else None,
+            "startup_profile_weights_bytes": self.weights_read_bytes,
         }
 
     def document(self) -> dict[str, Any]:
@@ -185,6 +188,7 @@ class StartupProfileState:
             "result": self.result.to_dict() if self.result else None,
             "recorded_entries": self.recorded_entries,
             "recorded_bytes": self.recorded_bytes,
+            "weights_read_bytes": self.weights_read_bytes,
         }
 
 

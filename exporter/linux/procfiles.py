@@ -158,17 +158,3 @@ def uses_any(pid: int, files: frozenset[tuple[int, int]], proc: Path = PROC) -> 
         if (st.st_dev, st.st_ino) in files:
             return True
     return False
-
-
-def storage_read_bytes(pid: int, proc: Path = PROC) -> int:
-    """Bytes ``pid`` has caused to be read from storage (``/proc/<pid>/io`` read_bytes:
-    page-cache misses, its readahead and page faults on mapped files included)."""
-    try:
-        text = (proc / str(pid) / "io").read_text()
-    except OSError as exc:
-        raise _denied(pid, "io", exc) from None
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name == "read_bytes":
-            return int(value)
-    raise ProcessAccessError(0, f"/proc/{pid}/io has no read_bytes")

@@ -56,6 +56,10 @@ def test_the_replay_closes_a_share_of_the_cold_start_gap(startup: Startup) -> No
             if variant == "profile":
                 assert run.sample["startup_profile_phase"] == "replayed"
                 assert run.sample["startup_profile_read_bytes"] > 0
+                # The libraries were cold: while the engine imported, the weights were
+                # read at the replay's small I/O depth (the rest at full speed after).
+                assert run.sample["startup_profile_weights_bytes"] > 0
+                assert run.sample["resident_ratio_after"] >= 0.95
     warm, cold, replayed = (
         statistics.median(times[cell])
         for cell in (("warm", "none"), ("all_cold", "none"), ("all_cold", "profile"))
