@@ -123,6 +123,36 @@ def test_budget_stops_the_warm_in_load_order(
     assert result.after.cached_bytes <= 12 * MiB + window
 
 
+@pytest.mark.parametrize("readahead", [True, False])
+def test_without_readahead_only_the_ranges_read_come_in(tmp_path: Path, readahead: bool) -> None:
+    """The sidecar's small-depth warm (readahead off) keeps in flight only what it reads:
+    after one 1 MiB read of a cold file, nothing past that MiB is resident. With readahead
+    on, the kernel reads ahead of the same read (the test sees both ways)."""
+    import threading  # noqa: PLC0415
+
+    model = _model(tmp_path, 1, 32 * MiB)
+    cancel = threading.Event()
+
+    def stop_after_the_first_read(progress: PrewarmProgress) -> None:
+        cancel.set()
+
+    options = PrewarmOptions(
+        strategy=Strategy.READ, threads=1, chunk_bytes=MiB, readahead=readahead
+    )
+    prewarm(discover(model), options, cancel=cancel, on_progress=stop_after_the_first_read)
+    shard = next(model.glob("*.safetensors"))
+    fd = os.open(shard, os.O_RDONLY)
+    try:
+        beyond = ResidencyProbe().cached_bytes(fd, MiB, 31 * MiB)
+    finally:
+        os.close(fd)
+    assert beyond is not None
+    if readahead:
+        assert beyond > 0
+    else:
+        assert beyond == 0
+
+
 def test_cancel_stops_each_thread_within_its_step(tmp_path: Path) -> None:
     import threading  # noqa: PLC0415
 
