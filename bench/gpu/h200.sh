@@ -2,7 +2,7 @@
 # The GPU cold-start benchmark (issue 8), as run on the lent H200 machine. Reproducible on any
 # Linux GPU box with PyTorch + safetensors: see docs/benchmarks/h200.md.
 #
-#   bench/gpu/h200.sh setup|core|schedulers|startup [OUT_DIR]
+#   bench/gpu/h200.sh setup|core|schedulers|startup|diag [OUT_DIR]
 #
 # setup       install pagewarm (and the wheels in .whl/ that the box lacks), record the machine
 # core        synth a 16 GiB Llama-shaped model (timed), the O_DIRECT reference, then
@@ -14,8 +14,10 @@
 #             cache (drop_caches), then 3 cache states x {alone, weights pre-warm, profile
 #             replay + weights} (issue 15); RUNS rounds, PROFILE keeps the recording between
 #             calls (a later call reuses it)
+# diag        where an all-cold start spends its time (bench/gpu/startup_diag.py: the disk,
+#             the weights' residency, the engine's main thread, per scenario)
 set -euo pipefail
-phase="${1:?setup|core|schedulers|startup}"
+phase="${1:?setup|core|schedulers|startup|diag}"
 out="${2:-${OUT:-/tmp/pagewarm-out}}"
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 model="${MODEL_DIR:-/var/tmp/pagewarm-h200/model}"
@@ -95,6 +97,13 @@ startup)
     python3 "$repo/bench/sidecar_bench.py" "$model" --framework "$framework" --device "$device" \
         "${drop[@]}" --runs "$runs" ${BENCH_ARGS:-} --profile "$profile" --seed "${SEED:-15}" \
         --out "$out/startup_bench${ROUND:+_$ROUND}.json"
+    ;;
+diag)
+    ensure_model
+    log "start-up diagnosis: $framework engine on $device, profile $profile"
+    python3 "$repo/bench/gpu/startup_diag.py" "$model" --framework "$framework" \
+        --device "$device" --drop-caches --profile "$profile" ${DIAG_ARGS:-} \
+        --out "$out/startup_diag${ROUND:+_$ROUND}.json"
     ;;
 *)
     echo "unknown phase $phase" >&2

@@ -60,7 +60,9 @@ Always, whose startupProbe holds vLLM back). One process, one port:
      objects and configuration, recorded by `pagewarm profile record` or by this sidecar)
      through /proc/<vLLM's pid>/root once vLLM's process is seen, at --io-depth reads in
      flight, so that vLLM's imports do not queue behind the weights: with --gate none
-     before the weights, otherwise once vLLM starts. None for the key (--engine-image and
+     before the weights, otherwise once vLLM starts. When the replay found the libraries
+     cold (--gate none), the weights follow at the same depth until vLLM opens them, then
+     at full speed. None for the key (--engine-image and
      the model)? vLLM's first start is recorded and written there. Needs
      shareProcessNamespace: true and ptrace read access to vLLM (its user, or
      CAP_SYS_PTRACE); stale entries are skipped and counted.
@@ -192,7 +194,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--io-depth",
         setting="startup_profile_io_depth",
         metavar="N",
-        help="reads in flight while replaying the profile, 1 to 64",
+        help="reads in flight while replaying the profile (and, after a cold one, reading "
+        "the weights until vLLM opens them), 1 to 64",
     )
     server = parser.add_argument_group("server")
     common.add_server_options(server, "/startup, /healthz, /metrics, /status")
