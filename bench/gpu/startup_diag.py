@@ -51,7 +51,7 @@ from exporter.residency import ResidencyProbe
 from exporter.weightset import WeightSet, discover
 from tests.engine import libtree
 from tests.engine.procedure import Startup
-from tests.engine.run import start_engine
+from tests.sidecar.pod import FakeVllm
 
 SAMPLE_SECONDS = 0.1
 BLOCK_BYTES = 128 << 20
@@ -249,67 +249,55 @@ def hot_frames(trace: list[dict[str, Any]], start: float, end: float) -> list[tu
     return counts.most_common(12)
 
 
-def run_scenario(startup: Startup, scenario: str, workdir: Path, engine_args: list[str]) -> Any:
+def run_scenario(startup: Startup, scenario: str, workdir: Path) -> Any:
     state = {"warm": "warm", "weights_cold": "weights_cold", "weights_cold_stream": "weights_cold"}
-    startup.set_state(state.get(scenario, "all_cold"))
-    replayed: dict[str, Any] | None = None
-    if scenario == "all_cold_replayed":
-        assert startup.profile is not None
-        with FileRoot("/") as root:
-            replayed = replay(load(startup.profile), root, io_depth=16).to_dict()
     variant = {"weights_cold_stream": "weights", "all_cold_profile": "profile"}.get(scenario)
-    staged: StagedWarm | None = None
-    run_dir = workdir / scenario
-    run_dir.mkdir()
-    trace_path = run_dir / "trace.jsonl"
-    from tests.sidecar.pod import free_port  # noqa: PLC0415
-
-    port, instance = free_port(), scenario.replace("_", "")
-    sidecar = startup._sidecar(variant, port, instance, run_dir) if variant else None
+    trace_path = workdir / f"{scenario}-trace.jsonl"
     timeline = Timeline(startup.weight_set, disk_stat(startup.weight_set.root))
-    engine = None
-    try:
-        timeline.start()
-        spawned = time.perf_counter()
-        engine = start_engine(
-            startup.weight_set.root,
-            run_dir,
-            startup.site_packages,
-            *engine_args,
-            "--trace",
-            str(trace_path),
-            port=port,
-            instance=instance,
-        )
+    replayed: dict[str, Any] = {}
+    staged: list[StagedWarm] = []
+
+    def before_spawn() -> None:
+        if scenario == "all_cold_replayed":
+            assert startup.profile is not None
+            with FileRoot("/") as root:
+                replayed.update(replay(load(startup.profile), root, io_depth=16).to_dict())
+
+    def spawned(engine: FakeVllm) -> None:
+        timeline.start()  # its clock starts with the engine's (a few ms after the spawn)
         if scenario.startswith("all_cold_staged"):
-            staged = StagedWarm(startup, engine.process.pid, natural=scenario.endswith("natural"))
-            staged.thread.start()
-        ready = startup._until_ready(engine, spawned)
-        if staged is not None:
-            staged.thread.join()
-        started = engine.event("start")["started"]
-        phases = {e["event"]: round(e["time"] - started, 3) for e in engine.events()}
-        sample = sidecar.wait_samples("load", 1, timeout=120)[0] if sidecar else {}
+            staged.append(StagedWarm(startup, engine.process.pid, scenario.endswith("natural")))
+            staged[0].thread.start()
+
+    try:
+        run = startup.run(
+            state.get(scenario, "all_cold"),
+            variant or "none",
+            engine_args=("--trace", str(trace_path)),
+            before_spawn=before_spawn,
+            spawned=spawned,
+        )
     finally:
-        if engine is not None:
-            engine.stop()
-        if sidecar is not None:
-            sidecar.terminate()
+        for warm in staged:
+            warm.thread.join()
         recorded = timeline.finish()
     trace = [json.loads(line) for line in trace_path.read_text().splitlines() if line]
+    trace_path.unlink()
+    phases, sample, ready = run.phases, run.sample, run.seconds
     imported, loading = phases.get("imported", 0.0), phases.get("loading", 0.0)
-    result = {
+    return {
         "scenario": scenario,
         "seconds": round(ready, 3),
         "phases": phases,
-        "replayed_before_spawn": replayed,
-        "staged_marks": staged.marks if staged else None,
+        "replayed_before_spawn": replayed or None,
+        "staged_marks": staged[0].marks if staged else None,
         "sidecar": {
             k: sample.get(k)
             for k in (
                 "prewarm_seconds",
                 "startup_profile_seconds",
                 "startup_profile_read_bytes",
+                "startup_profile_weights_bytes",
                 "prewarm_resident_ratio_before",
             )
         },
@@ -324,8 +312,6 @@ def run_scenario(startup: Startup, scenario: str, workdir: Path, engine_args: li
         "trace": [(s["t"], s["frames"][:8]) for s in trace],
         "block_order": recorded["block_order"] if scenario == "weights_cold" else None,
     }
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return result
 
 
 def main() -> int:
@@ -360,7 +346,7 @@ def main() -> int:
             shutil.copyfile(startup.record(), args.profile)
             startup.profile = args.profile
         for scenario in args.scenarios.split(","):
-            result = run_scenario(startup, scenario, workdir, engine_args)
+            result = run_scenario(startup, scenario, workdir)
             results.append(result)
             print(
                 f"{scenario:<20} {result['seconds']:6.2f} s phases {result['phases']} "

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,24 +120,39 @@ class Startup:
         save(profile, self.profile)
         return self.profile
 
-    def run(self, state: str, variant: str) -> Run:
+    def run(
+        self,
+        state: str,
+        variant: str,
+        *,
+        engine_args: tuple[str, ...] = (),
+        before_spawn: Callable[[], None] | None = None,
+        spawned: Callable[[FakeVllm], None] | None = None,
+    ) -> Run:
+        """One start from ``state``; ``before_spawn`` runs once the cache is in that state,
+        ``spawned`` once the engine's process exists (a diagnosis hooks in there)."""
         self.set_state(state)
+        if before_spawn is not None:
+            before_spawn()
         port, instance = free_port(), uuid.uuid4().hex[:10]
         workdir = self.workdir / f"{state}-{variant}-{instance}"
         workdir.mkdir(parents=True)
         sidecar = self._sidecar(variant, port, instance, workdir)
         engine: FakeVllm | None = None
         try:
-            spawned = time.perf_counter()
+            began = time.perf_counter()
             engine = start_engine(
                 self.weight_set.root,
                 workdir,
                 self.site_packages,
                 *self.engine_args,
+                *engine_args,
                 port=port,
                 instance=instance,
             )
-            ready = self._until_ready(engine, spawned)
+            if spawned is not None:
+                spawned(engine)
+            ready = self._until_ready(engine, began)
             own = engine.time_to_ready()
             started = engine.event("start")["started"]
             phases = {e["event"]: round(e["time"] - started, 3) for e in engine.events()}

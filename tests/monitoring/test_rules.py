@@ -333,15 +333,20 @@ def test_every_rule_file_test_loads_the_real_rules_file() -> None:
 RECORDED_NAME = re.compile(r"[a-z_]+:[a-z0-9_]+:[a-z0-9_]+")
 
 
-def _groups_reading_recordings() -> dict[str, set[str]]:
-    """Each group's name: the groups whose recordings its rules read (itself included)."""
-    document = yaml.safe_load(RULES.read_text())
-    recorded_in = {
+def _recorded_in(document: dict[str, Any]) -> dict[str, str]:
+    """Each recorded series' name: the group that records it."""
+    return {
         rule["record"]: group["name"]
         for group in document["groups"]
         for rule in group["rules"]
         if "record" in rule
     }
+
+
+def _groups_reading_recordings() -> dict[str, set[str]]:
+    """Each group's name: the groups whose recordings its rules read (itself included)."""
+    document = yaml.safe_load(RULES.read_text())
+    recorded_in = _recorded_in(document)
     return {
         group["name"]: {
             recorded_in[name]
@@ -452,12 +457,7 @@ def test_alerts_read_recorded_series_of_their_own_group_only() -> None:
     a value up to one interval old (and none at all where the interval exceeds the 5 minute
     lookback). Each alert reads recordings of its own group, recorded before it."""
     document = yaml.safe_load(RULES.read_text())
-    recorded_in = {
-        rule["record"]: group["name"]
-        for group in document["groups"]
-        for rule in group["rules"]
-        if "record" in rule
-    }
+    recorded_in = _recorded_in(document)
     for group in document["groups"]:
         recorded_before: set[str] = set()
         for rule in group["rules"]:
