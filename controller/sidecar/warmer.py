@@ -137,6 +137,10 @@ class Warmer:
             # The warm, a start-up profile's replay included, began now: a vLLM start after
             # this is the one it was for (without a pre-warm there is none to claim).
             self.state.warm.started_monotonic = time.monotonic()
+            # The residency the warm found: before a replay's small-depth read of the
+            # weights brings any in (the sample's mode says how cold the start was).
+            before = await asyncio.to_thread(self.probe.measure, self.config.weight_set)
+            self.state.warm.ratio_before = before.ratio
             # With --gate none vLLM starts at once: its libraries first, at a small I/O
             # depth, while it imports them; then the weights at full speed (see hold_weights).
             gate_none = self.config.policy.kind is GateKind.NONE
@@ -160,7 +164,8 @@ class Warmer:
         ws = self.config.weight_set
         progress = warm.progress = PrewarmProgress(planned_bytes=ws.total_bytes)
         before = await asyncio.to_thread(self.probe.measure, ws)
-        warm.ratio_before = before.ratio
+        if warm.ratio_before is None:
+            warm.ratio_before = before.ratio
         warm.phase = WarmPhase.WARMING
         log.info(
             "pre-warm started",

@@ -55,11 +55,16 @@ def test_the_replay_closes_a_share_of_the_cold_start_gap(startup: Startup) -> No
             times.setdefault((state, variant), []).append(run.seconds)
             if variant == "profile":
                 assert run.sample["startup_profile_phase"] == "replayed"
-                assert run.sample["startup_profile_read_bytes"] > 0
-                # The libraries were cold: while the engine imported, the weights were
-                # read at the replay's small I/O depth (the rest at full speed after).
-                assert run.sample["startup_profile_weights_bytes"] > 0
-                assert run.sample["resident_ratio_after"] >= 0.95
+                sample = run.sample
+                assert sample["startup_profile_read_bytes"] > 0, sample
+                # The libraries were cold: until the engine opened its weights they were
+                # read at the replay's small I/O depth (how much depends on how long the
+                # engine took: none when it opened them before the replay ended).
+                assert sample["startup_profile_weights_bytes"] is not None, sample
+                # Labelled by the cache the warm found, not by what its first part read.
+                assert sample["mode"] == "prewarm_cold", sample
+                assert sample["prewarm_resident_ratio_before"] <= 0.05, sample
+                assert sample["resident_ratio_after"] >= 0.95, sample
     warm, cold, replayed = (
         statistics.median(times[cell])
         for cell in (("warm", "none"), ("all_cold", "none"), ("all_cold", "profile"))
