@@ -217,7 +217,11 @@ class StartupProfiler:
         finally:
             done.set()
             loading.cancel()
+        try:
             gently = await gentle
+        except Exception as exc:  # the full-speed warm still runs: say why this part did not
+            log.exception("small-depth weights read failed", error=str(exc))
+            return
         why = loading.result() if loading.done() and not loading.cancelled() else "all read"
         self.state.weights_read_bytes = gently.read_bytes
         log.info(
