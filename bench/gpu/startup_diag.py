@@ -22,7 +22,12 @@ Scenarios (each one run; the engine is traced with tests/engine/engine.py --trac
   while the engine imports, then, once the engine maps its weights, the rest at full
   speed (8 threads, 8 MiB reads) in file order;
 - ``all_cold_staged_natural``: the same, the weights in the order transformers loads them
-  (tensors sorted by their names' natural order across all shards).
+  (tensors sorted by their names' natural order across all shards);
+- ``warm_profile``: everything resident, the sidecar replaying the profile (what an idle
+  sidecar costs the imports).
+
+A staged scenario takes the small step as a suffix: ``all_cold_staged_natural@256KiB``
+reads the weights 256 KiB at a time while the engine imports (1 MiB without one).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from controller.linux.pagecache import read_through
 from controller.profile.replay import replay
 from controller.profile.schema import load
 from controller.safetensors_header import read_header
+from controller.units import parse_size
 from exporter.linux.files import FileRoot
 from exporter.linux.procfiles import ProcessAccessError, uses_any
 from exporter.residency import ResidencyProbe
@@ -67,6 +73,7 @@ SCENARIOS = (
     "all_cold_profile",
     "all_cold_staged",
     "all_cold_staged_natural",
+    "warm_profile",
 )
 
 
@@ -161,8 +168,8 @@ def weight_pieces(weight_set: WeightSet, natural: bool) -> list[tuple[Path, int,
 class StagedWarm:
     """The staged warm, run from here: profile, weights at a small depth, then full speed."""
 
-    def __init__(self, startup: Startup, pid: int, natural: bool) -> None:
-        self.startup, self.pid = startup, pid
+    def __init__(self, startup: Startup, pid: int, natural: bool, low_step: int) -> None:
+        self.startup, self.pid, self.low_step = startup, pid, low_step
         self.pieces = weight_pieces(startup.weight_set, natural)
         self.files = frozenset((f.device, f.inode) for f in startup.weight_set.weight_files)
         self.loading = threading.Event()
@@ -193,7 +200,7 @@ class StagedWarm:
         with FileRoot("/") as root:
             replay(load(self.startup.profile), root, io_depth=LOW_DEPTH)
         self.mark("profile_replayed")
-        self._pass(LOW_DEPTH, LOW_STEP, until=self.loading)
+        self._pass(LOW_DEPTH, self.low_step, until=self.loading)
         self.mark("low_depth_ended")
         self._pass(FULL_DEPTH, FULL_STEP, until=None)
         self.mark("weights_done")
@@ -249,9 +256,20 @@ def hot_frames(trace: list[dict[str, Any]], start: float, end: float) -> list[tu
     return counts.most_common(12)
 
 
-def run_scenario(startup: Startup, scenario: str, workdir: Path) -> Any:
-    state = {"warm": "warm", "weights_cold": "weights_cold", "weights_cold_stream": "weights_cold"}
-    variant = {"weights_cold_stream": "weights", "all_cold_profile": "profile"}.get(scenario)
+def run_scenario(startup: Startup, name: str, workdir: Path) -> Any:
+    scenario, _, step = name.partition("@")
+    low_step = parse_size(step) if step else LOW_STEP
+    state = {
+        "warm": "warm",
+        "warm_profile": "warm",
+        "weights_cold": "weights_cold",
+        "weights_cold_stream": "weights_cold",
+    }
+    variant = {
+        "weights_cold_stream": "weights",
+        "all_cold_profile": "profile",
+        "warm_profile": "profile",
+    }.get(scenario)
     trace_path = workdir / f"{scenario}-trace.jsonl"
     timeline = Timeline(startup.weight_set, disk_stat(startup.weight_set.root))
     replayed: dict[str, Any] = {}
@@ -266,7 +284,8 @@ def run_scenario(startup: Startup, scenario: str, workdir: Path) -> Any:
     def spawned(engine: FakeVllm) -> None:
         timeline.start()  # its clock starts with the engine's (a few ms after the spawn)
         if scenario.startswith("all_cold_staged"):
-            staged.append(StagedWarm(startup, engine.process.pid, scenario.endswith("natural")))
+            natural = scenario.endswith("natural")
+            staged.append(StagedWarm(startup, engine.process.pid, natural, low_step))
             staged[0].thread.start()
 
     try:
@@ -286,7 +305,7 @@ def run_scenario(startup: Startup, scenario: str, workdir: Path) -> Any:
     phases, sample, ready = run.phases, run.sample, run.seconds
     imported, loading = phases.get("imported", 0.0), phases.get("loading", 0.0)
     return {
-        "scenario": scenario,
+        "scenario": name,
         "seconds": round(ready, 3),
         "phases": phases,
         "replayed_before_spawn": replayed or None,
@@ -345,6 +364,9 @@ def main() -> int:
         else:
             shutil.copyfile(startup.record(), args.profile)
             startup.profile = args.profile
+        for scenario in args.scenarios.split(","):
+            if scenario.partition("@")[0] not in SCENARIOS:
+                parser.error(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
         for scenario in args.scenarios.split(","):
             result = run_scenario(startup, scenario, workdir)
             results.append(result)
