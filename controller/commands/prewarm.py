@@ -203,6 +203,11 @@ def report_replay(result: ReplayResult) -> None:
         f"{result.replayed_entries} of {result.entries} files, {skipped} skipped "
         f"({result.stale_entries} stale, {result.missing_entries} missing, "
         f"{result.failed_entries} failed)"
+        + (
+            f"; {result.looked_up_paths} paths of RECORDs looked up"
+            if result.looked_up_paths
+            else ""
+        )
     )
     for problem in result.problems:
         log.info("profile entry skipped", detail=problem)

@@ -169,6 +169,7 @@ class StartupProfiler:
             stale_entries=result.stale_entries,
             missing_entries=result.missing_entries,
             failed_entries=result.failed_entries,
+            looked_up_paths=result.looked_up_paths,
             io_depth=result.io_depth,
             **({"problems": list(result.problems)} if result.problems else {}),
         )

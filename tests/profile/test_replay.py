@@ -191,6 +191,45 @@ def test_stale_and_missing_entries_are_skipped_and_counted(shared_tmp: Path) -> 
     assert "size changed" in reasons
 
 
+def test_the_paths_a_distributions_record_lists_are_looked_up_inside_the_root(
+    shared_tmp: Path,
+) -> None:
+    """packages_distributions() checks that every file a RECORD lists exists: the replay
+    looks them up too (their inodes), within the engine's root, never outside it."""
+    root = shared_tmp / "root"
+    site = root / "site"
+    headers = site / "torchlike" / "include"
+    headers.mkdir(parents=True)
+    for index in range(30):  # never read by the engine: headers
+        (headers / f"h{index}.h").write_text("#pragma once\n")
+    (site / "torchlike" / "__init__.py").write_text("")
+    (shared_tmp / "outside").write_text("not the engine's\n")  # reached by ../ from the root
+    dist_info = site / "torchlike-1.0.dist-info"
+    dist_info.mkdir()
+    listed = [f"torchlike/include/h{i}.h,sha256=x,13" for i in range(30)]
+    listed += [
+        "torchlike/__init__.py,,",
+        '"torchlike/gone,with a comma.py",,',  # listed, since removed: not found
+        "../../../outside,,",  # ".." ends at the root: /outside there does not exist
+        "torchlike-1.0.dist-info/RECORD,,",
+    ]
+    record = dist_info / "RECORD"
+    record.write_text("\n".join(listed) + "\n")
+    profile = profile_of([(record, [(0, 1, 1)])])
+    inside = "/site/torchlike-1.0.dist-info/RECORD"
+    profile = profile.model_copy(
+        update={"entries": (profile.entries[0].model_copy(update={"path": inside}),)}
+    )
+
+    with FileRoot(root) as engine_root:
+        assert not engine_root.own
+        result = replay(profile, engine_root)
+
+    assert result.replayed_entries == 1
+    assert result.looked_up_paths == 30 + 1 + 1  # the headers, __init__.py, the RECORD
+    assert result.to_dict()["looked_up_paths"] == 32
+
+
 def test_a_profile_round_trips_and_fits_its_size_budget(shared_tmp: Path) -> None:
     paths = _files(shared_tmp, 40, 64 * PAGE)
     # Every other page: 32 ranges a file, merged when the budget is tight.
