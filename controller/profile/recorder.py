@@ -312,7 +312,9 @@ class Recorder:
         if cached is None:
             watched.untrusted = True  # only what /proc shows counts (see profile())
             return
-        pages = cached // self.page
+        # Rounded up: the probe clamps at the end of the file, so a file smaller than a
+        # page (an __init__.py, a RECORD) reads as fewer bytes than its one page.
+        pages = -(-cached // self.page)
         if pages == watched.cached_pages:
             return  # no page came or went (cachestat: one syscall): nothing new
         watched.cached_pages = pages

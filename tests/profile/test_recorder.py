@@ -77,6 +77,14 @@ def test_the_profile_lists_the_imported_modules_in_import_order(
     assert len(missing) <= len(imported) // 100, (
         f"{len(missing)} of {len(imported)} imported modules not in the profile: {missing[:3]}"
     )
+    # Files smaller than a page too (the probe reports their bytes, not a whole page): each
+    # package's __init__ bytecode, and every distribution's RECORD, which
+    # packages_distributions() reads (unused packages' included: they are installed).
+    small = [cache_from_source(f"{site}/{package}/__init__.py") for package in tree.import_order]
+    small += [f"{site}/{p}-1.0.dist-info/RECORD" for p in (*tree.import_order, *tree.unused)]
+    assert all(Path(p).stat().st_size < profile.page_size for p in small)
+    missing = [p for p in small if p not in by_path]
+    assert len(missing) <= len(small) // 100, f"{len(missing)} of {len(small)}: {missing[:3]}"
     unused = [p for p in by_path if any(f"/{u}/" in p for u in tree.unused)]
     assert not unused, f"never imported, yet in the profile: {unused[:3]}"
     # Recorded as read (residency), with the identity the file has.
