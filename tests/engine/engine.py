@@ -33,6 +33,7 @@ import argparse  # noqa: E402 - after the start time on purpose
 import contextlib  # noqa: E402
 import hashlib  # noqa: E402
 import importlib  # noqa: E402
+import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import mmap  # noqa: E402
 import os  # noqa: E402
@@ -118,6 +119,8 @@ def initialise(seconds: float) -> None:
 def start_synthetic(args: argparse.Namespace, out: Events) -> Any:
     manifest = find_manifest()
     import_libraries(manifest, args.import_pause)
+    # transformers does this on import (import_utils): every RECORD read, its files looked up.
+    importlib.metadata.packages_distributions()
     touch_shared_objects(manifest)
     out.event("imported")
     loader = build_loader("safetensors", "cpu")

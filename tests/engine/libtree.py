@@ -13,6 +13,10 @@ IBM/text-generation-inference#50).
 
 Modules are real Python, compiled to __pycache__ (so an import reads the .pyc, as in an
 installed package); each one does a little work at import (a table folded into a dict).
+Each package is an installed distribution (``<package>-1.0.dist-info`` with a RECORD of
+its files) and carries headers that nothing reads, as torch's include/ does: the engine
+calls ``importlib.metadata.packages_distributions()``, as transformers does on import,
+which looks up every file each RECORD lists.
 The shared objects are incompressible random bytes. ``manifest.json`` says what to import
 and map, in which order (packages in a seeded, not alphabetical, order).
 """
@@ -39,6 +43,7 @@ class TreeShape:
     shared_objects: int = 3
     shared_object_bytes: int = 96 * MiB
     touched_fraction: float = 0.4
+    headers_per_package: int = 20  # listed in RECORD, looked up, never read
     seed: int = 15
 
     def scaled(self, factor: float) -> TreeShape:
@@ -50,6 +55,7 @@ class TreeShape:
             shared_objects=self.shared_objects,
             shared_object_bytes=max(MiB, round(self.shared_object_bytes * factor) // MiB * MiB),
             touched_fraction=self.touched_fraction,
+            headers_per_package=self.headers_per_package,
             seed=self.seed,
         )
 
@@ -106,6 +112,10 @@ def build(path: Path, shape: TreeShape | None = None) -> Tree:
         for j, member in enumerate(members):
             source = _module_source(f"{package}.{member}", j, shape.table_entries)
             (directory / f"{member}.py").write_text(source)
+        for h in range(shape.headers_per_package):
+            header = directory / "include" / f"{package}_{h:02d}.h"
+            header.parent.mkdir(exist_ok=True)
+            header.write_text(f"#pragma once\n#define {package.upper()}_{h} {h}\n")
     for package in order:
         modules += [f"{package}.mod_{j:02d}" for j in range(shape.modules_per_package)]
     shared = []
@@ -114,11 +124,25 @@ def build(path: Path, shape: TreeShape | None = None) -> Tree:
         _write_random(site / relative, shape.shared_object_bytes, rng)
         shared.append(relative)
     compileall.compile_dir(site, quiet=1, workers=1)
+    for package in names:
+        _dist_info(site, package)
     tree = Tree(site, tuple(order), tuple(modules), tuple(unused), tuple(shared), shape)
     manifest = {**asdict(tree), "site_packages": str(site), "shape": asdict(shape)}
     (site / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     _sync(site)
     return tree
+
+
+def _dist_info(site: Path, package: str) -> None:
+    """``package`` as an installed distribution: METADATA, and a RECORD of every file
+    (no top_level.txt, as most wheels: packages_distributions() infers it from RECORD)."""
+    dist_info = site / f"{package}-1.0.dist-info"
+    dist_info.mkdir(exist_ok=True)
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.0\n")
+    listed = sorted(p for p in (site / package).rglob("*") if p.is_file())
+    rows = [f"{p.relative_to(site)},," for p in listed]
+    rows += [f"{dist_info.name}/METADATA,,", f"{dist_info.name}/RECORD,,"]
+    (dist_info / "RECORD").write_text("\n".join(rows) + "\n")
 
 
 def _write_random(path: Path, size: int, rng: random.Random) -> None:

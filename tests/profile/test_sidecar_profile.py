@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from controller.evict import evict
+from controller.profile.replay import RECORD_SUFFIX
 from controller.profile.schema import ProfileKey, load
 from exporter.models import ModelSpec
 from exporter.residency import ResidencyProbe
@@ -111,6 +112,14 @@ def test_recorded_on_the_first_start_then_replayed(pod: Pod, tree: libtree.Tree)
     site = str(tree.site_packages)
     assert sum(1 for e in profile.entries if e.path.startswith(site)) >= len(tree.modules)
     assert recorded["recorded_entries"] == profile.totals.entries
+    # The engine read every distribution's RECORD (packages_distributions()): the replay
+    # looks up the paths they list (headers nobody reads included).
+    records = [e.path for e in profile.entries if e.path.endswith(RECORD_SUFFIX)]
+    packages = len(tree.import_order) + len(tree.unused)
+    assert sum(1 for r in records if r.startswith(site)) >= packages - 1, records
+    listed = {r: len(Path(r).read_text().splitlines()) for r in records}
+    # All that the tree's RECORDs list exists; others' (the virtual environment's) may not.
+    found_at_least = sum(n for r, n in listed.items() if r.startswith(site))
 
     second, _ = pod.start("second")
     [load_sample] = second.wait_samples("load", 1)
@@ -125,6 +134,7 @@ def test_recorded_on_the_first_start_then_replayed(pod: Pod, tree: libtree.Tree)
     assert covered >= 0.9 * result["planned_bytes"]
     assert load_sample["startup_profile_stale_entries"] == 0
     assert result["replayed_entries"] == profile.totals.entries
+    assert found_at_least <= result["looked_up_paths"] <= sum(listed.values())
     metrics = second.metrics()
     assert (
         metric_value(
