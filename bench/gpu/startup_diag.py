@@ -256,6 +256,15 @@ def hot_frames(trace: list[dict[str, Any]], start: float, end: float) -> list[tu
     return counts.most_common(12)
 
 
+def frame_span(trace: list[dict[str, Any]], function: str) -> dict[str, Any] | None:
+    """When the main thread was seen inside ``function``: first and last sample, and how
+    many (one every SAMPLE_SECONDS)."""
+    seen = [s["t"] for s in trace if any(f":{function}" in frame for frame in s["frames"])]
+    if not seen:
+        return None
+    return {"first_sample": min(seen), "last_sample": max(seen), "samples": len(seen)}
+
+
 def run_scenario(startup: Startup, name: str, workdir: Path) -> Any:
     scenario, _, step = name.partition("@")
     low_step = parse_size(step) if step else LOW_STEP
@@ -324,6 +333,8 @@ def run_scenario(startup: Startup, name: str, workdir: Path) -> Any:
         "disk_read_during_load": disk_read_between(recorded["samples"], loading, ready),
         "hot_frames_imports": hot_frames(trace, 0.0, imported),
         "hot_frames_load": hot_frames(trace, loading, ready + 1),
+        # importlib.metadata looking up every file of every RECORD (transformers' import)
+        "packages_distributions": frame_span(trace, "packages_distributions"),
         "gpu_progress": [(s["t"], s["gpu_bytes"]) for s in trace if s["gpu_bytes"] is not None][
             ::5
         ],
@@ -342,20 +353,29 @@ def main() -> int:
     parser.add_argument("--framework", default="transformers")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--drop-caches", action="store_true")
-    parser.add_argument("--tree", type=Path, default=None, help="synthetic engine: its libraries")
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        default=None,
+        help="synthetic engine: its libraries (default: built afresh and removed at the end, "
+        "so a --profile kept for later needs a kept --tree)",
+    )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    for scenario in args.scenarios.split(","):
+        if scenario.partition("@")[0] not in SCENARIOS:
+            parser.error(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
     engine_args = ["--framework", args.framework, "--device", args.device]
-    site = None
-    if args.framework == "synthetic":
-        tree = args.tree or Path(tempfile.mkdtemp(prefix="pagewarm-diag-tree-", dir="/var/tmp"))
-        if not (tree / "site-packages" / libtree.MANIFEST).exists():
-            libtree.build(tree, libtree.TreeShape())
-        site = tree / "site-packages"
     workdir = Path(tempfile.mkdtemp(prefix="pagewarm-diag-", dir="/var/tmp"))
     results: list[Any] = []
     try:
+        site = None
+        if args.framework == "synthetic":
+            tree = args.tree or workdir / "tree"  # a default tree goes with the workdir
+            if not (tree / "site-packages" / libtree.MANIFEST).exists():
+                libtree.build(tree, libtree.TreeShape())
+            site = tree / "site-packages"
         startup = Startup(
             discover(args.model), workdir, site, tuple(engine_args), drop_caches=args.drop_caches
         )
@@ -364,9 +384,6 @@ def main() -> int:
         else:
             shutil.copyfile(startup.record(), args.profile)
             startup.profile = args.profile
-        for scenario in args.scenarios.split(","):
-            if scenario.partition("@")[0] not in SCENARIOS:
-                parser.error(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
         for scenario in args.scenarios.split(","):
             result = run_scenario(startup, scenario, workdir)
             results.append(result)
