@@ -16,7 +16,7 @@ After a distribution's ``RECORD`` (``*.dist-info/RECORD``), every path it lists 
 up: ``importlib.metadata.packages_distributions()``, which transformers calls on import,
 checks that each one exists, and torch's lists some 15k files the engine never reads (its
 headers). Measured on the H200 box (bench/gpu/startup_diag.py, all cold, the profile
-replayed): 3.3 s of the engine's imports went to those lookups, 0.5 s warm.
+replayed): 3.2 s of the engine's imports went to those lookups, 1.0 s warm.
 
 Stale entries (the file at the path is not the one recorded: size, mtime, or inode on the
 same device) and missing files are skipped and counted, never an error; so are files that
