@@ -47,8 +47,12 @@ their turn, or no memory budget at all, 2 bad input, 130/143 cancelled by SIGINT
 --profile FILE replays an engine's start-up profile first (`pagewarm profile record`):
 its libraries and configuration, in the order the engine reads them, with --io-depth
 reads in flight (2: the engine's own small reads are not queued behind ours), then the
-weights at full speed. Run it while the engine starts. Stale entries (the file changed
-since the recording) and missing files are skipped and counted, never an error.
+weights at full speed. The metadata the engine's imports look up comes in too: each
+directory the profile reads from is listed, and every file an installed distribution's
+RECORD lists is looked up (Python's packages_distributions() checks them all; after
+drop_caches each is a cold inode). Run it while the engine starts. Stale entries (the
+file changed since the recording) and missing files are skipped and counted, never an
+error.
 
 examples:
   pagewarm prewarm /models/llama-3-8b
