@@ -74,6 +74,7 @@ DEFAULT_MAX_FILES = 200_000
 # files past the budget are reopened each round.
 _FD_RESERVE = 256
 _RUNS = re.compile(rb"\x01+")
+_SPECIFICITY: dict[SeenAs, int] = {"read": 0, "open": 1, "mapped": 2}
 
 
 @dataclass(slots=True)
@@ -198,7 +199,9 @@ class Recorder:
     def _watch(self, path: str, seen_as: SeenAs, *, attribute: bool) -> _Watched | None:
         watched = self._watched.get(path)
         if watched is not None:
-            if seen_as != "read" and watched.seen_as == "read":
+            # The most specific sighting wins: a library is open for a moment before the
+            # loader maps it, and a round may fall in between.
+            if _SPECIFICITY[seen_as] > _SPECIFICITY[watched.seen_as]:
                 watched.seen_as = seen_as
             return watched
         if len(self._watched) >= self.max_files:
@@ -317,11 +320,14 @@ class Recorder:
         pages = -(-cached // self.page)
         if pages == watched.cached_pages:
             return  # no page came or went (cachestat: one syscall): nothing new
-        watched.cached_pages = pages
         vector = b"" if pages == 0 else self._vector(fd, size)  # none resident: no mincore
         if vector is None:
             watched.untrusted = True
             return
+        # What mincore saw, not cachestat: cachestat also counts pages still being read
+        # in, which mincore does not report yet. Kept from cachestat, a look in the middle
+        # of a read would leave those pages unseen for good (no change next round).
+        watched.cached_pages = vector.count(1)
         if watched.seen is None:
             if not watched.attribute_first_look:
                 new = b""
@@ -335,7 +341,7 @@ class Recorder:
             new = _and_not(vector, watched.seen)
             watched.seen = _or(watched.seen, vector)
         self._touched(watched, _runs(new, self.rounds))
-        if cached >= size:  # all resident: nothing more can turn resident
+        if watched.cached_pages >= -(-size // self.page):  # nothing more can turn resident
             watched.complete = True
             self._release(watched)
 
