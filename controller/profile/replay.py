@@ -244,7 +244,8 @@ class _Replay:
     def _look_up_record(self, entry: _Entry, fd: int) -> None:
         """Look up every path a distribution's RECORD lists (relative to the directory
         that holds its .dist-info), as ``packages_distributions()`` does. ``..`` cannot
-        leave the root; symbolic links are not followed."""
+        leave the root and a last component that is a link is not followed; these are
+        lookups only, nothing is read through them (as with ``_list_directory``)."""
         size = min(entry.entry.identity.size, MAX_RECORD_BYTES)
         text = os.pread(fd, size, 0).decode("utf-8", "replace")
         base = posixpath.dirname(posixpath.dirname(entry.entry.path))

@@ -210,7 +210,7 @@ def test_the_paths_a_distributions_record_lists_are_looked_up_inside_the_root(
     listed += [
         "torchlike/__init__.py,,",
         '"torchlike/gone,with a comma.py",,',  # listed, since removed: not found
-        "../../../outside,,",  # ".." ends at the root: /outside there does not exist
+        "../../outside,,",  # ".." stops at the root: no /outside there (one beside it)
         "torchlike-1.0.dist-info/RECORD,,",
     ]
     record = dist_info / "RECORD"
