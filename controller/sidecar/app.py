@@ -29,7 +29,7 @@ from controller.samplestore import SampleStore
 from controller.sampling import SIDECAR_SOURCE, SampleHeader, Setup
 from controller.sidecar.collector import SidecarCollector
 from controller.sidecar.gate import Gate, WarmPhase
-from controller.sidecar.modes import WarmContext
+from controller.sidecar.modes import WarmContext, started_after_warm
 from controller.sidecar.record import SampleContext, SampleWriter, load_sample
 from controller.sidecar.settings import SidecarConfig
 from controller.sidecar.state import SidecarState
@@ -273,7 +273,7 @@ class Sidecar:
         if (
             not warm.claimed
             and warm.started_monotonic is not None
-            and warm.started_monotonic <= start.started_monotonic
+            and started_after_warm(warm.started_monotonic, start.started_monotonic)
         ):
             warm.claimed = True
             self._claimed_by = start.index

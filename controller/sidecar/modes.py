@@ -25,7 +25,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from controller.sampling import SIDECAR_THRESHOLDS, mode_for_ratio
+from exporter.linux.proc import CLOCK_TICKS
 from exporter.samples import Mode
+
+# /proc gives a process's start in clock ticks (10 ms), rounded down: a vLLM spawned within
+# a tick after the warm began can look as if it started before it.
+START_TIME_RESOLUTION_SECONDS = 1 / CLOCK_TICKS
+
+
+def started_after_warm(warm_started: float, vllm_started: float) -> bool:
+    """A vLLM start (monotonic seconds) came after the warm began, as far as /proc can
+    tell: one started within a clock tick before the warm counts (they were
+    simultaneous, as with --gate none and a start the moment the port answers)."""
+    return warm_started <= vllm_started + START_TIME_RESOLUTION_SECONDS
 
 
 @dataclass(frozen=True, slots=True)

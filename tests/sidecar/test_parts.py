@@ -16,11 +16,16 @@ import pytest
 
 from controller.sidecar.gate import Gate, GatePolicy, WarmPhase, WarmView, decide
 from controller.sidecar.keepwarm import KeepWarm, PassResult
-from controller.sidecar.modes import WarmContext, label_mode
+from controller.sidecar.modes import (
+    START_TIME_RESOLUTION_SECONDS,
+    WarmContext,
+    label_mode,
+    started_after_warm,
+)
 from controller.sidecar.vllm import compile_pattern
 from controller.sidecar.vllm_log import LogFacts, LogTail, parse_log_line
 from controller.synth import synth
-from exporter.linux.proc import ProcessFinder
+from exporter.linux.proc import ProcessFinder, ProcessInfo, read_stat
 from exporter.residency import ResidencyProbe
 from exporter.samples import Mode
 from exporter.weightset import discover
@@ -222,6 +227,27 @@ def test_process_finder_sees_starts_not_children_and_not_itself(tmp_path: Path) 
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_a_start_right_after_the_warm_began_is_the_one_it_was_for() -> None:
+    """/proc rounds a process's start down to a clock tick (10 ms): spawned right after the
+    warm began (--gate none, the port answering at once), vLLM can look older than the
+    warm. It is still the start the warm was for; one a tick and more older is not."""
+    looked_older = 0
+    for _ in range(20):
+        warm_began = time.monotonic()
+        process = subprocess.Popen(["sleep", "30"])
+        try:
+            stat = read_stat(process.pid)
+            assert stat is not None
+            started = ProcessInfo(process.pid, stat[0], stat[1], stat[2], "").started_monotonic()
+        finally:
+            process.kill()
+            process.wait()
+        looked_older += started < warm_began
+        assert started_after_warm(warm_began, started)
+        assert not started_after_warm(warm_began, started - 2 * START_TIME_RESOLUTION_SECONDS)
+    assert looked_older > 0  # the rounding showed, so the rule above was what held
 
 
 def test_empty_pattern_means_do_not_look() -> None:
