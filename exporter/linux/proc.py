@@ -5,6 +5,10 @@ The start time is in clock ticks since boot, read against CLOCK_BOOTTIME (the 10
 the precision; /proc/stat's btime is whole seconds). A pid the kernel reuses for a new
 process has new start ticks: (pid, start ticks) names one process for its whole life.
 
+A process shows its parent's command line from its fork until its exec (and an empty one
+during the exec), with the start ticks it keeps: a finder remembers a command line only once
+the process has exec'd.
+
 The /proc root is a parameter: tests point it at a tree they control.
 """
 
@@ -15,9 +19,12 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 PROC = Path("/proc")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# PF_FORKNOEXEC and PF_KTHREAD (include/linux/sched.h) in /proc/<pid>/stat's flags.
+FORKED_NOT_EXECED, KERNEL_THREAD = 0x40, 0x200000
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +45,24 @@ class ProcessInfo:
         return time.time() - self.age_seconds()
 
 
-def read_stat(pid: int, proc: Path = PROC) -> tuple[int, str, int] | None:
-    """(ppid, state, start ticks) of a process, None when it is gone."""
+class Stat(NamedTuple):
+    ppid: int
+    state: str
+    start_ticks: int
+    flags: int  # the kernel's PF_* flags
+
+    @property
+    def execed(self) -> bool:
+        """Its command line is its own (a fork shows its parent's until it execs)."""
+        return not self.flags & FORKED_NOT_EXECED
+
+    @property
+    def kernel_thread(self) -> bool:
+        return bool(self.flags & KERNEL_THREAD)
+
+
+def read_stat(pid: int, proc: Path = PROC) -> Stat | None:
+    """A process's parent, state, start ticks and flags; None when it is gone."""
     try:
         raw = (proc / str(pid) / "stat").read_bytes()
     except OSError:
@@ -47,7 +70,7 @@ def read_stat(pid: int, proc: Path = PROC) -> tuple[int, str, int] | None:
     # The command name in parentheses may hold spaces and parentheses: split at the last.
     fields = raw.rpartition(b")")[2].split()
     try:
-        return int(fields[1]), fields[0].decode(), int(fields[19])
+        return Stat(int(fields[1]), fields[0].decode(), int(fields[19]), int(fields[6]))
     except (IndexError, ValueError):
         return None
 
@@ -73,7 +96,7 @@ def own_lineage(proc: Path = PROC) -> frozenset[int]:
 
 class ProcessFinder:
     """Finds processes in /proc by their command line (blocking, cheap: one small read per
-    process, the command line only for processes not seen before)."""
+    process, the command line only for processes not seen exec'd before)."""
 
     def __init__(self, pattern: re.Pattern[str], proc: Path = PROC) -> None:
         self.pattern = pattern
@@ -96,14 +119,18 @@ class ProcessFinder:
             stat = read_stat(pid, self.proc)
             if stat is None or pid in self.excluded:
                 continue
-            ppid, state, ticks = stat
+            ppid, state, ticks, _ = stat
             previous = self._known.get(pid)
             if previous is not None and previous[0] == ticks:
                 matches, cmdline = previous[1], ""
+                known[pid] = previous
             else:
                 cmdline = read_cmdline(pid, self.proc)
                 matches = bool(cmdline) and self.pattern.search(cmdline) is not None
-            known[pid] = (ticks, matches)
+                # Remembered once final: a fork shows its parent's until its exec, and none
+                # in the middle of it (a kernel thread never has one).
+                if stat.kernel_thread or (stat.execed and cmdline):
+                    known[pid] = (ticks, matches)
             if matches and state not in ("Z", "X"):
                 infos[pid] = ProcessInfo(pid, ppid, state, ticks, cmdline)
         self._known = known

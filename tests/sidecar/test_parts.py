@@ -3,6 +3,7 @@ log follower and the process finder on real files and processes, one keep-warm p
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -227,6 +228,47 @@ def test_process_finder_sees_starts_not_children_and_not_itself(tmp_path: Path) 
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def forked_not_execed() -> list[int]:
+    """This process's children that have not exec'd yet."""
+    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    stats = ((pid, read_stat(pid)) for pid in pids)
+    return [pid for pid, s in stats if s and s.ppid == os.getpid() and not s.execed]
+
+
+def test_process_finder_sees_a_start_it_first_looked_at_before_its_exec() -> None:
+    """Between its fork and its exec a process shows its parent's command line, with the
+    start ticks it keeps after: a scan then must not hide it for good (the sidecar's
+    engine went unseen once, its start timed from the gate, neither recorded nor replayed)."""
+    pattern = compile_pattern(rf"sleeper-{uuid.uuid4().hex[:10]}")
+    assert pattern is not None
+    finder = ProcessFinder(pattern)
+    hold, release = os.pipe()
+    argv = [sys.executable, "-c", "import time; time.sleep(60)", pattern.pattern]
+    spawned: list[subprocess.Popen[bytes]] = []
+
+    def spawn() -> None:  # Popen returns after the exec, which waits for a byte
+        exec_later = functools.partial(os.read, hold, 1)
+        spawned.append(subprocess.Popen(argv, preexec_fn=exec_later))  # noqa: PLW1509 - no lock
+
+    spawner = threading.Thread(target=spawn)
+    spawner.start()
+    try:
+        wait_for(forked_not_execed, 10, "the fork")
+        assert finder.scan() == []
+        assert forked_not_execed()  # so the scan saw it before its exec
+        os.write(release, b"x")
+        spawner.join(30)
+        assert [p.pid for p in finder.scan()] == [spawned[0].pid]
+    finally:
+        os.write(release, b"x")
+        spawner.join(30)
+        for process in spawned:
+            process.kill()
+            process.wait()
+        os.close(hold)
+        os.close(release)
 
 
 def test_a_start_right_after_the_warm_began_is_the_one_it_was_for() -> None:
