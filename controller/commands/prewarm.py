@@ -14,7 +14,7 @@ from controller.interrupts import interruptible
 from controller.memguard import MemoryGuard
 from controller.prewarm import PrewarmOptions, PrewarmResult, prewarm
 from controller.profile.replay import ReplayProgress, ReplayResult, replay
-from controller.profile.schema import ProfileError, load
+from controller.profile.schema import ProfileError, load, outdated_reason
 from controller.settings import ControllerSettings
 from controller.units import format_bytes, format_rate, format_ratio
 from exporter.linux.files import FileRoot
@@ -183,6 +183,8 @@ def replay_profile(
         raise common.UsageError(str(exc)) from None
     except OSError as exc:
         raise common.UsageError(f"--profile-root {args.profile_root}: {exc.strerror}") from None
+    if (outdated := outdated_reason(profile)) is not None:
+        log.warning("replayed as it is; record it again", reason=outdated)
     _, guard = options_from(args, settings)
     with root, common.progress("profile", profile.totals.bytes) as update:
         progress = ReplayProgress()

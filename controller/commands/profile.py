@@ -17,6 +17,7 @@ from controller.profile.schema import (
     ProfileKey,
     StartupProfile,
     load,
+    outdated_reason,
     save,
 )
 from controller.profile.session import RecordError, RecordOptions, record_command
@@ -214,6 +215,8 @@ def report(profile: StartupProfile, *, as_json: bool, written: int, largest: int
         )
     if recording.method == "mappings":
         log.warning("residency could not be read truthfully: only mapped and open files")
+    if (outdated := outdated_reason(profile)) is not None:
+        log.warning("record it again", reason=outdated)
     if as_json:
         common.print_json(
             {

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from controller.profile import roots as library
 from controller.profile.schema import (
+    RECORDER_REVISION,
     FileIdentity,
     ProfileEntry,
     ProfileKey,
@@ -404,6 +405,7 @@ class Recorder:
         return StartupProfile(
             key=key,
             recording=Recording(
+                recorder=RECORDER_REVISION,
                 recorded_at=now(),
                 host=socket.gethostname(),
                 kernel=platform.release(),

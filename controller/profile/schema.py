@@ -106,9 +106,15 @@ class ProfileKey(_Model):
         return f"{engine}--{model}.json.gz"
 
 
+# The recorder's revision. 1 (files without the field): it missed files smaller than a page
+# and files a look fell into the middle of a read of; a sidecar records those again.
+RECORDER_REVISION = 2
+
+
 class Recording(_Model):
     """How the profile was recorded, so that a reader can judge what it may lack."""
 
+    recorder: int = 1  # RECORDER_REVISION of the pagewarm that recorded it
     recorded_at: datetime
     host: str
     kernel: str
@@ -164,6 +170,17 @@ class StartupProfile(_Model):
         )
         page = self.page_size
         return [(index, first * page, pages * page) for _, index, first, pages in ordered]
+
+
+def outdated_reason(profile: StartupProfile) -> str | None:
+    """Why a profile should be recorded again though its key matches, or None."""
+    if profile.recording.recorder < RECORDER_REVISION:
+        return (
+            f"the profile was recorded by an older pagewarm (recorder revision "
+            f"{profile.recording.recorder}, now {RECORDER_REVISION}), which missed small "
+            "files and some files read while it looked"
+        )
+    return None
 
 
 def now() -> datetime:

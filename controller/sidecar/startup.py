@@ -27,7 +27,14 @@ import structlog
 from controller.memguard import MemoryGuard
 from controller.prewarm import PrewarmResult, Strategy, prewarm
 from controller.profile.replay import STEP_BYTES, ReplayProgress, ReplayResult, replay
-from controller.profile.schema import ProfileError, ProfileKey, StartupProfile, load, save
+from controller.profile.schema import (
+    ProfileError,
+    ProfileKey,
+    StartupProfile,
+    load,
+    outdated_reason,
+    save,
+)
 from controller.profile.session import record_running
 from controller.sidecar.settings import SidecarConfig
 from controller.sidecar.state import ProfilePhase, StartupProfileState
@@ -106,6 +113,11 @@ class StartupProfiler:
         if profile.key != self.key:
             self._none_yet(f"the profile at {self.path} was recorded for {profile.key.name}")
             return
+        if (outdated := outdated_reason(profile)) is not None:
+            if self.config.settings.startup_profile_record:
+                self._none_yet(outdated)  # this start records a complete one
+                return
+            log.warning("start-up profile outdated: replayed as it is", reason=outdated)
         self.profile = profile
         log.info(
             "start-up profile loaded",

@@ -3,6 +3,7 @@ stale and missing entries skipped and counted; the file format and its size budg
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from controller.linux.pagecache import drop
 from controller.profile.replay import replay
 from controller.profile.schema import (
+    RECORDER_REVISION,
     FileIdentity,
     ProfileEntry,
     ProfileError,
@@ -23,6 +25,7 @@ from controller.profile.schema import (
     encode,
     load,
     now,
+    outdated_reason,
     save,
 )
 from exporter.linux.files import FileRoot
@@ -228,6 +231,20 @@ def test_the_paths_a_distributions_record_lists_are_looked_up_inside_the_root(
     assert result.replayed_entries == 1
     assert result.looked_up_paths == 30 + 1 + 1  # the headers, __init__.py, the RECORD
     assert result.to_dict()["looked_up_paths"] == 32
+
+
+def test_a_profile_from_an_older_recorder_says_to_record_it_again(shared_tmp: Path) -> None:
+    """Files without the recorder's revision come from revision 1, which missed files."""
+    (path,) = _files(shared_tmp, 1, PAGE)
+    document = json.loads(encode(profile_of([(path, [(0, 1, 1)])]), compress=False))
+    del document["recording"]["recorder"]
+    old = decode(json.dumps(document).encode())
+    assert old.recording.recorder == 1
+    assert "recorded by an older pagewarm" in (outdated_reason(old) or "")
+    current = old.model_copy(
+        update={"recording": old.recording.model_copy(update={"recorder": RECORDER_REVISION})}
+    )
+    assert outdated_reason(current) is None
 
 
 def test_a_profile_round_trips_and_fits_its_size_budget(shared_tmp: Path) -> None:

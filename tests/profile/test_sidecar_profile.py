@@ -14,7 +14,13 @@ import pytest
 
 from controller.evict import evict
 from controller.profile.replay import RECORD_SUFFIX
-from controller.profile.schema import ProfileKey, load
+from controller.profile.schema import (
+    RECORDER_REVISION,
+    ProfileKey,
+    load,
+    outdated_reason,
+    save,
+)
 from exporter.models import ModelSpec
 from exporter.residency import ResidencyProbe
 from exporter.weightset import discover
@@ -164,4 +170,16 @@ def test_recorded_on_the_first_start_then_replayed(pod: Pod, tree: libtree.Tree)
         metric_value(third.metrics(), "pagewarm_sidecar_startup_profile_entries", state="stale")
         == 1.0
     )
+
+    # A profile an older pagewarm recorded (recorder revision 1, which missed files): this
+    # start records a complete one in its place instead of replaying it.
+    old = load(path)
+    older = old.recording.model_copy(update={"recorder": 1})
+    save(old.model_copy(update={"recording": older}), path)
+    assert outdated_reason(load(path)) is not None
+    fourth, _ = pod.start("fourth")
+    [load_sample] = fourth.wait_samples("load", 1)
+    assert load_sample["startup_profile_phase"] == "recording"
+    _phase(fourth, "recorded")
+    assert load(path).recording.recorder == RECORDER_REVISION
     pod.stop()
