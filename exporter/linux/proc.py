@@ -7,7 +7,8 @@ process has new start ticks: (pid, start ticks) names one process for its whole 
 
 A process shows its parent's command line from its fork until its exec (and an empty one
 during the exec), with the start ticks it keeps: a finder remembers a command line only once
-the process has exec'd.
+the process has exec'd. A process can exec more than once (an entrypoint script that ends in
+`exec vllm serve ...`): a miss is remembered with the command name, which each exec changes.
 
 The /proc root is a parameter: tests point it at a tree they control.
 """
@@ -46,6 +47,7 @@ class ProcessInfo:
 
 
 class Stat(NamedTuple):
+    comm: str  # the command name: the executable's (each exec sets it), at most 15 bytes
     ppid: int
     state: str
     start_ticks: int
@@ -62,15 +64,16 @@ class Stat(NamedTuple):
 
 
 def read_stat(pid: int, proc: Path = PROC) -> Stat | None:
-    """A process's parent, state, start ticks and flags; None when it is gone."""
+    """A process's command name, parent, state, start ticks and flags; None when it is gone."""
     try:
         raw = (proc / str(pid) / "stat").read_bytes()
     except OSError:
         return None
     # The command name in parentheses may hold spaces and parentheses: split at the last.
-    fields = raw.rpartition(b")")[2].split()
+    head, _, tail = raw.rpartition(b")")
+    comm, fields = head.partition(b"(")[2].decode(errors="replace"), tail.split()
     try:
-        return Stat(int(fields[1]), fields[0].decode(), int(fields[19]), int(fields[6]))
+        return Stat(comm, int(fields[1]), fields[0].decode(), int(fields[19]), int(fields[6]))
     except (IndexError, ValueError):
         return None
 
@@ -90,8 +93,24 @@ def own_lineage(proc: Path = PROC) -> frozenset[int]:
     while pid > 0 and pid not in lineage:
         lineage.add(pid)
         stat = read_stat(pid, proc)
-        pid = stat[0] if stat is not None else 0
+        pid = stat.ppid if stat is not None else 0
     return frozenset(lineage)
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """Whether one process matched, as its command line read when it was looked at."""
+
+    start_ticks: int
+    comm: str
+    matches: bool
+
+    def still_holds(self, stat: Stat) -> bool:
+        """A match stays (vLLM may retitle itself: setproctitle rewrites both its command
+        line and name); a miss holds until the process execs again."""
+        if stat.start_ticks != self.start_ticks:
+            return False  # the pid now names another process
+        return self.matches or stat.comm == self.comm
 
 
 class ProcessFinder:
@@ -104,8 +123,8 @@ class ProcessFinder:
         # Never ourselves nor a process we run under: a wrapper's command line (`timeout`,
         # `sh -c`) repeats our arguments, the pattern included.
         self.excluded = own_lineage(proc)
-        # pid -> (start ticks, matches): a pid reused by a new process has new start ticks.
-        self._known: dict[int, tuple[int, bool]] = {}
+        # pid -> what was decided for it: a pid reused by a new process has new start ticks.
+        self._known: dict[int, _Decided] = {}
 
     def scan(self) -> list[ProcessInfo]:
         """Live processes that match and whose parent does not, oldest first."""
@@ -114,15 +133,14 @@ class ProcessFinder:
         except OSError:
             return []
         infos: dict[int, ProcessInfo] = {}
-        known: dict[int, tuple[int, bool]] = {}
+        known: dict[int, _Decided] = {}
         for pid in pids:
             stat = read_stat(pid, self.proc)
             if stat is None or pid in self.excluded:
                 continue
-            ppid, state, ticks, _ = stat
             previous = self._known.get(pid)
-            if previous is not None and previous[0] == ticks:
-                matches, cmdline = previous[1], ""
+            if previous is not None and previous.still_holds(stat):
+                matches, cmdline = previous.matches, ""
                 known[pid] = previous
             else:
                 cmdline = read_cmdline(pid, self.proc)
@@ -130,13 +148,17 @@ class ProcessFinder:
                 # Remembered once final: a fork shows its parent's until its exec, and none
                 # in the middle of it (a kernel thread never has one).
                 if stat.kernel_thread or (stat.execed and cmdline):
-                    known[pid] = (ticks, matches)
-            if matches and state not in ("Z", "X"):
-                infos[pid] = ProcessInfo(pid, ppid, state, ticks, cmdline)
+                    known[pid] = _Decided(stat.start_ticks, stat.comm, matches)
+            if matches and stat.state not in ("Z", "X"):
+                infos[pid] = ProcessInfo(pid, stat.ppid, stat.state, stat.start_ticks, cmdline)
         self._known = known
         roots = [p for p in infos.values() if p.ppid not in infos]
         return sorted(roots, key=lambda p: (p.start_ticks, p.pid))
 
     def alive(self, process: ProcessInfo) -> bool:
         stat = read_stat(process.pid, self.proc)
-        return stat is not None and stat[2] == process.start_ticks and stat[1] not in ("Z", "X")
+        return (
+            stat is not None
+            and stat.start_ticks == process.start_ticks
+            and stat.state not in ("Z", "X")
+        )

@@ -271,6 +271,35 @@ def test_process_finder_sees_a_start_it_first_looked_at_before_its_exec() -> Non
         os.close(release)
 
 
+def command_name(pid: int) -> str | None:
+    stat = read_stat(pid)
+    return stat.comm if stat is not None else None
+
+
+def test_process_finder_sees_a_process_that_execs_into_a_match() -> None:
+    """An entrypoint script that ends in `exec vllm serve ...`: the finder first sees the
+    shell (no match), then vLLM, with the same pid and start ticks."""
+    mark = uuid.uuid4().hex[:10]
+    pattern = compile_pattern(f"sleeper-{mark}")
+    assert pattern is not None
+    finder = ProcessFinder(pattern)
+    # The shell's own command line holds `sleeper-$2` and the mark apart: no match.
+    script = 'read _; exec "$1" -c "import time; time.sleep(60)" "sleeper-$2"'
+    argv = ["sh", "-c", script, "sh", sys.executable, mark]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE) as shell:
+        try:
+            wait_for(lambda: command_name(shell.pid) == "sh", 10, "the shell")
+            assert finder.scan() == []  # the shell, looked at and remembered as a miss
+            assert shell.stdin is not None
+            shell.stdin.write(b"\n")
+            shell.stdin.flush()
+            wait_for(lambda: command_name(shell.pid) not in (None, "sh"), 10, "the exec")
+            assert [p.pid for p in finder.scan()] == [shell.pid]
+        finally:
+            shell.kill()
+            shell.wait()
+
+
 def test_a_start_right_after_the_warm_began_is_the_one_it_was_for() -> None:
     """/proc rounds a process's start down to a clock tick (10 ms): spawned right after the
     warm began (--gate none, the port answering at once), vLLM can look older than the
@@ -282,7 +311,9 @@ def test_a_start_right_after_the_warm_began_is_the_one_it_was_for() -> None:
         try:
             stat = read_stat(process.pid)
             assert stat is not None
-            started = ProcessInfo(process.pid, stat[0], stat[1], stat[2], "").started_monotonic()
+            started = ProcessInfo(
+                process.pid, stat.ppid, stat.state, stat.start_ticks, ""
+            ).started_monotonic()
         finally:
             process.kill()
             process.wait()
